@@ -1,0 +1,37 @@
+# detkit: `make demo` runs the main job on the embedded default data; `make test` runs the whole suite.
+# Both create a virtual environment in .venv unless one is already active.
+
+SHELL := /bin/bash
+VENV ?= .venv
+ifdef VIRTUAL_ENV
+PYTHON := python
+STAMP := $(VIRTUAL_ENV)/.detkit-installed
+else
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.detkit-installed
+endif
+
+.PHONY: install test demo bench clean
+
+$(VENV)/bin/python:
+	@if [ -z "$$VIRTUAL_ENV" ]; then python3 -m venv $(VENV); fi
+
+$(STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PYTHON) -m pip install -q --upgrade pip setuptools wheel
+	$(PYTHON) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	@set +e; $(PYTHON) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+demo: $(STAMP)
+	$(PYTHON) tools/bench.py ops --quick
+
+bench: $(STAMP)
+	$(PYTHON) tools/bench.py ops
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info

@@ -1,0 +1,35 @@
+"""Benchmarks: medians and ratios against references measured in the same run.
+
+Examples:
+    python tools/bench.py ops            # box ops vs torchvision.ops and textbook loops
+    python tools/bench.py ops --quick    # a smaller, faster pass (used by `make demo`)
+    python tools/bench.py train          # detkit trainer vs a hand-written loop; transform throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="suite", required=True)
+    for name, module in SUITES.items():
+        mod = importlib.import_module(module)
+        mod.add_args(sub.add_parser(name, help=mod.__doc__.splitlines()[0]))
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    return importlib.import_module(SUITES[args.suite]).run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
