@@ -1,0 +1,51 @@
+"""Box operations for detection: boxes and IoU, anchors, offset coding, matching, NMS and post-processing.
+
+Exact (agree with ``torchvision.ops`` index for index), vectorised, and the same code on CPU and CUDA.
+"""
+
+from detkit.ops.anchors import AnchorGenerator, DefaultBoxGenerator, multibox_prior
+from detkit.ops.boxes import (
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes_to_image,
+    complete_box_iou,
+    distance_box_iou,
+    elementwise_box_iou,
+    elementwise_complete_box_iou,
+    elementwise_distance_box_iou,
+    elementwise_generalized_box_iou,
+    generalized_box_iou,
+    remove_small_boxes,
+)
+from detkit.ops.coder import BoxCoder
+from detkit.ops.matching import Matcher, assign_anchors, multibox_target
+from detkit.ops.nms import batched_nms, nms, soft_nms
+from detkit.ops.postprocess import multibox_detection, postprocess_detections
+
+__all__ = [
+    "AnchorGenerator",
+    "BoxCoder",
+    "DefaultBoxGenerator",
+    "Matcher",
+    "assign_anchors",
+    "batched_nms",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "clip_boxes_to_image",
+    "complete_box_iou",
+    "distance_box_iou",
+    "elementwise_box_iou",
+    "elementwise_complete_box_iou",
+    "elementwise_distance_box_iou",
+    "elementwise_generalized_box_iou",
+    "generalized_box_iou",
+    "multibox_detection",
+    "multibox_prior",
+    "multibox_target",
+    "nms",
+    "postprocess_detections",
+    "remove_small_boxes",
+    "soft_nms",
+]
