@@ -28,7 +28,8 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 demo: $(STAMP)
-	$(PYTHON) tools/bench.py ops --quick
+	$(PYTHON) tools/make_dataset.py shapes --task classify --out data/shapes --n-train 2000 --n-val 400 --size 128 --seed 0
+	$(PYTHON) tools/finetune.py --config configs/shapes_cls_resnet18.yaml
 
 bench: $(STAMP)
 	$(PYTHON) tools/bench.py ops

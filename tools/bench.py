@@ -4,6 +4,7 @@ Examples:
     python tools/bench.py ops            # box ops vs torchvision.ops and textbook loops
     python tools/bench.py ops --quick    # a smaller, faster pass (used by `make demo`)
     python tools/bench.py train          # detkit trainer vs a hand-written loop; transform throughput
+    python tools/bench.py detect         # detector latency vs torchvision detectors; training images/s
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train"}
+SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train", "detect": "benchmarks.detect"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

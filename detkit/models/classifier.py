@@ -1,0 +1,201 @@
+"""``create_classifier``: a torchvision ResNet or any timm model with its head swapped for ``num_classes``.
+
+The model carries ``detkit_meta`` (weights, whether pretrained, mean/std, input size) for training and inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.models.pretrained import (
+    PretrainedWeights,
+    WeightsUnavailableError,
+    locate_pretrained,
+    timm_pretrained,
+    torchvision_pretrained,
+    torchvision_weight_tags,
+)
+from detkit.models.registry import get_entry
+from detkit.models.weights import load_weights_file, read_state_dict, strip_prefixes
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_MODES = ("imagenet", "auto", "none")
+
+
+class LinearHead(nn.Linear):
+    """A linear classifier with dropout on its input: ``y = W · dropout(x) + b``.
+
+    A subclass of ``nn.Linear`` (not ``Sequential(Dropout, Linear)``) so the state-dict keys stay ``fc.weight``
+    / ``fc.bias`` whatever the dropout, matching torchvision files and detkit checkpoints alike.
+
+    Args:
+        in_features: feature size D.
+        out_features: number of classes C.
+        dropout: probability of zeroing an input feature during training, in [0, 1).
+
+    Shapes:
+        input Tensor[N, D] → output Tensor[N, C] (logits).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, dropout: float = 0.0) -> None:
+        super().__init__(in_features, out_features)
+        self.dropout = float(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.dropout(x, self.dropout, self.training))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dropout={self.dropout}"
+
+
+def create_classifier(
+    name: str, num_classes: int, weights: str | os.PathLike | None = "auto", dropout: float = 0.0
+) -> nn.Module:
+    """Build a classifier: backbone ``name`` with a fresh head of ``num_classes`` outputs.
+
+    Args:
+        name: a registered torchvision name (``resnet18/34/50/101/152``, ``wide_resnet50_2/101_2``,
+            ``resnext50_32x4d/101_32x8d/101_64x4d``) or ``timm:NAME`` for any timm model.
+        num_classes: number of output classes C (≥ 1).
+        weights: ``"imagenet"`` (required; raises ``WeightsUnavailableError`` when neither cached nor
+            downloadable), ``"auto"`` (ImageNet when cached or downloadable, else a WARNING and random init),
+            ``"none"`` or None (random init) or the path of a weights file (``.pth``/``.pt``/``.safetensors``,
+            torchvision/timm layouts, detkit checkpoints; a head with another class count is skipped).
+        dropout: dropout probability before the final linear layer, in [0, 1).
+
+    Returns:
+        The model, mapping Tensor[N, 3, H, W] float images (normalised with ``detkit_meta["mean"/"std"]``) to
+        Tensor[N, C] logits. ``model.detkit_meta`` is ``{"name", "num_classes", "weights" (as given),
+        "pretrained" (bool: were pretrained weights loaded), "mean", "std" (3 floats in [0, 1] units, or None
+        when unknown), "input_size" (int pixels or None)}``.
+
+    Raises:
+        ValueError: for an unknown ``name``, ``num_classes`` < 1, ``dropout`` outside [0, 1), or a weights file
+            that does not fit the backbone.
+        FileNotFoundError: if ``weights`` is neither a mode nor an existing file.
+        WeightsUnavailableError: for ``weights="imagenet"`` when the weights cannot be had offline.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if weights is None:
+        weights = "none"
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights must be 'imagenet', 'auto', 'none' or a file path, got {type(weights).__name__}")
+    weights = str(weights)
+    is_file = weights not in WEIGHT_MODES
+    if is_file and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights must be one of {WEIGHT_MODES} or an existing file, got {weights!r}")
+
+    if name.startswith("timm:"):
+        model, published = _create_timm(name[len("timm:"):], num_classes, weights, float(dropout))
+    else:
+        model, published = _create_torchvision(name, num_classes, weights, float(dropout))
+    preprocessing = _preprocessing(published)
+    if is_file:
+        report = load_weights_file(model, weights)
+        preprocessing = _file_preprocessing(name, weights, report["info"])
+    model.detkit_meta = {
+        "name": name,
+        "num_classes": num_classes,
+        "weights": weights,
+        "pretrained": is_file or published is not None,
+        **preprocessing,
+    }
+    return model
+
+
+def _preprocessing(published: PretrainedWeights | None) -> dict[str, Any]:
+    if published is None:
+        return {"mean": None, "std": None, "input_size": None}
+    return {"mean": published.mean, "std": published.std, "input_size": published.input_size}
+
+
+def _file_preprocessing(name: str, path: str, info: dict[str, Any]) -> dict[str, Any]:
+    # A detkit checkpoint records its normalisation; a file named like a published download
+    # (resnet18-f37072fd.pth) carries that release's; otherwise it is unknown and left to the data.
+    normalization = info.get("normalization")
+    if normalization:
+        return {
+            "mean": tuple(float(m) for m in normalization["mean"]),
+            "std": tuple(float(s) for s in normalization["std"]),
+            "input_size": (info.get("model_meta") or {}).get("input_size"),
+        }
+    candidates: list[PretrainedWeights] = []
+    if name.startswith("timm:"):
+        try:
+            candidates.append(timm_pretrained(name[len("timm:"):]))
+        except ValueError:
+            pass
+    else:
+        candidates += [torchvision_pretrained(name, tag) for tag in torchvision_weight_tags(name)]
+    filename = os.path.basename(path)
+    return _preprocessing(next((c for c in candidates if c.url and os.path.basename(c.url) == filename), None))
+
+
+def _create_torchvision(
+    name: str, num_classes: int, weights: str, dropout: float
+) -> tuple[nn.Module, PretrainedWeights | None]:
+    model = get_entry(name)()
+    loaded: PretrainedWeights | None = None
+    if weights in ("imagenet", "auto"):
+        published = torchvision_pretrained(name)
+        path = locate_pretrained(published, weights)
+        if path is not None:
+            state, _ = read_state_dict(path)
+            try:
+                model.load_state_dict(strip_prefixes(state, set(model.state_dict())))
+            except RuntimeError as err:
+                raise ValueError(f"cached ImageNet weights {path} do not fit {name} (delete the file?): {err}") from err
+            loaded = published
+            logger.info("loaded ImageNet weights for %s from %s", name, path)
+    old_head = model.fc
+    model.fc = LinearHead(old_head.in_features, num_classes, dropout=dropout)
+    if loaded is not None and old_head.out_features == num_classes:
+        # Same class count as the pretrained classifier: keep it rather than throw it away.
+        with torch.no_grad():
+            model.fc.weight.copy_(old_head.weight)
+            model.fc.bias.copy_(old_head.bias)
+    return model, loaded
+
+
+def _create_timm(
+    name: str, num_classes: int, weights: str, dropout: float
+) -> tuple[nn.Module, PretrainedWeights | None]:
+    import timm
+
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ValueError(f"unknown timm model {name!r}" + (f"; did you mean {close}?" if close else ""))
+    path = None
+    published = None
+    if weights in ("imagenet", "auto"):
+        try:
+            published = timm_pretrained(name)
+        except ValueError as err:
+            if weights == "imagenet":
+                raise WeightsUnavailableError(f"{err}; use --weights PATH or --weights none") from err
+            logger.warning("weights=auto: %s; timm:%s starts from RANDOM INITIALISATION", err, name)
+        else:
+            path = locate_pretrained(published, weights)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": dropout}
+    if path is not None:
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except (RuntimeError, OSError, ValueError, KeyError) as err:
+            raise ValueError(f"cached ImageNet weights {path} cannot be loaded into timm:{name}: {err}") from err
+        logger.info("loaded ImageNet weights for timm:%s from %s", name, path)
+        return model, published
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    return model, None

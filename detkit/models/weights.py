@@ -1,0 +1,229 @@
+"""Reading weight files (.pth/.pt/.safetensors, torchvision/timm layouts, detkit checkpoints) into a model.
+
+The backbone is loaded strictly; a head whose class count differs is skipped with a warning saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detkit.models.stages import head_prefixes, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+# Nested containers a state dict is commonly found under, in the order they are tried.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+# Prefixes added by DDP / DataParallel ("module."), Lightning-style wrappers ("model.") and torch.compile.
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+# Buffers older checkpoints may lack; their absence never makes a load fail.
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read the tensors of a weights file and what a detkit checkpoint says about them.
+
+    Args:
+        path: a ``.safetensors`` file, or a ``.pth``/``.pt``/``.bin``/``.ckpt`` torch file holding a state dict,
+            a dict nesting one (``state_dict``, ``model_state_dict``, ``model``, ...), a whole pickled module,
+            or a detkit checkpoint (``{"format": "detkit", "model": ...}``).
+
+    Returns:
+        ``(state_dict, info)``: ``{name: Tensor}`` as stored (prefixes not yet stripped), and for detkit
+        checkpoints ``info`` holds ``model_meta``, ``normalization`` and ``classes`` (else it is empty).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file cannot be read or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    obj = _load_file(path)
+    info: dict[str, Any] = {}
+    if isinstance(obj, Mapping) and obj.get("format") == "detkit":
+        info = {key: obj[key] for key in ("model_meta", "normalization", "classes") if key in obj}
+        obj = obj["model"]
+    for _ in range(4):  # unwrap a few levels of nesting at most
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        if not isinstance(obj, Mapping) or any(isinstance(v, Tensor) for v in obj.values()):
+            break
+        nested = next((key for key in _NESTED_KEYS if isinstance(obj.get(key), (Mapping, nn.Module))), None)
+        if nested is None:
+            break
+        obj = obj[nested]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"weights file {path} holds a {type(obj).__name__}, expected a state dict")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise ValueError(f"weights file {path} holds no tensors; top-level keys: {sorted(map(str, obj))[:20]}")
+    return state, info
+
+
+def strip_prefixes(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
+    """Remove ``module.`` / ``model.`` / ``_orig_mod.`` prefixes shared by every key of ``state``.
+
+    A prefix is only removed when doing so does not lower the number of keys matching ``model_keys`` (so a
+    model whose own top-level child is called ``model`` keeps its keys).
+    """
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                stripped = {k[len(prefix):]: v for k, v in state.items()}
+                if len(model_keys & set(stripped)) >= len(model_keys & set(state)):
+                    state, changed = stripped, True
+    return state
+
+
+def load_weights_file(
+    model: nn.Module, path: str | os.PathLike, *, strict_head: bool = False, strict_backbone: bool = True
+) -> dict[str, Any]:
+    """Load the weights in ``path`` into ``model`` in place.
+
+    Keys are matched after stripping wrapper prefixes. Head tensors (the ``head`` stage of ``param_stages``)
+    whose shapes differ, e.g. a 1000-class ImageNet ``fc`` into a 5-class model, are skipped with a warning
+    naming both class counts. Everything else must match.
+
+    Args:
+        model: the network to fill (wrappers such as DDP are looked through).
+        path: the weights file (see ``read_state_dict`` for formats and layouts).
+        strict_head: raise instead of skipping a head whose shape differs.
+        strict_backbone: raise when a non-head key is missing from the file, unexpected in it, or has another
+            shape (an unrelated file must not load "nothing" silently). With False these are only reported.
+
+    Returns:
+        A report: ``loaded`` (keys copied into the model), ``skipped`` (``[(key, reason)]``), ``missing``
+        (model keys absent from the file), ``unexpected`` (file keys the model lacks), ``head_loaded``
+        (bool), ``info`` (detkit checkpoint metadata, see ``read_state_dict``) and ``path``.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: on a backbone mismatch (when ``strict_backbone``) or head mismatch (when ``strict_head``);
+            the message lists the offending keys.
+    """
+    model = unwrap_model(model)
+    state, info = read_state_dict(path)
+    target = model.state_dict()
+    state = strip_prefixes(state, set(target))
+    try:
+        heads = head_prefixes(model)
+    except ValueError:
+        heads = ()  # no recognisable head: every key is held to the backbone's rules
+
+    def is_head(key: str) -> bool:
+        return key.startswith(heads) if heads else False
+
+    def optional(key: str) -> bool:
+        return key.endswith(_OPTIONAL_SUFFIXES)
+
+    loadable: dict[str, Tensor] = {}
+    skipped: list[tuple[str, str]] = []
+    bad_shapes: list[str] = []
+    for key, value in state.items():
+        if key not in target:
+            continue
+        if value.shape == target[key].shape:
+            loadable[key] = value
+        elif is_head(key):
+            skipped.append((key, f"shape {tuple(value.shape)} in file, {tuple(target[key].shape)} in model"))
+        else:
+            bad_shapes.append(f"{key}: {tuple(value.shape)} in file vs {tuple(target[key].shape)} in model")
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+
+    if skipped:
+        message = (
+            f"not loading the head from {path}: it has {_class_count(state, skipped)} classes and the model "
+            f"has {_class_count(target, skipped)} ({', '.join(k for k, _ in skipped)}); the head keeps its "
+            f"fresh initialisation"
+        )
+        if strict_head:
+            raise ValueError(message)
+        logger.warning(message)
+    backbone_missing = [k for k in missing if not is_head(k) and not optional(k)]
+    backbone_unexpected = [k for k in unexpected if not is_head(k) and not optional(k)]
+    problems = []
+    if bad_shapes:
+        problems.append(f"{len(bad_shapes)} shape mismatches: {'; '.join(bad_shapes[:5])}")
+    if backbone_missing:
+        problems.append(f"{len(backbone_missing)} model keys missing from the file, e.g. {backbone_missing[:5]}")
+    if backbone_unexpected:
+        problems.append(f"{len(backbone_unexpected)} file keys the model lacks, e.g. {backbone_unexpected[:5]}")
+    if problems:
+        message = f"weights file {path} does not fit {type(model).__name__}: " + "; ".join(problems)
+        if strict_backbone:
+            raise ValueError(message + " (is this file for another architecture?)")
+        logger.warning(message)
+
+    model.load_state_dict(loadable, strict=False)
+    head_keys = [k for k in target if is_head(k)]
+    report = {
+        "path": str(path),
+        "loaded": sorted(loadable),
+        "skipped": skipped,
+        "missing": missing,
+        "unexpected": unexpected,
+        "head_loaded": bool(head_keys) and all(k in loadable for k in head_keys),
+        "info": info,
+    }
+    logger.info(
+        "loaded %d/%d tensors from %s (head %s)",
+        len(loadable),
+        len(target),
+        path,
+        "loaded" if report["head_loaded"] else "not loaded",
+    )
+    return report
+
+
+def _load_file(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"cannot read safetensors file {path}: {err}") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # Files holding Python objects beyond tensors (numpy RNG state, argparse Namespaces) are refused by the
+        # weights-only unpickler with "Unsupported global"; anything else is a damaged file.
+        globals_named = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        if not globals_named:
+            raise ValueError(f"cannot read weights file {path}: not a torch weights file ({_reason(err)})") from err
+        logger.warning(
+            "weights file %s holds objects beyond tensors (%s); loading it with full unpickling. Only do this "
+            "with files you trust.",
+            path,
+            globals_named[0],
+        )
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read weights file {path}: {_reason(err)}") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - arbitrary pickles fail in arbitrary ways
+        raise ValueError(f"cannot read weights file {path}: {_reason(err)}") from err
+
+
+def _reason(err: Exception) -> str:
+    # torch's unpickling errors are many lines of advice; keep the line that says what went wrong.
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    specific = [line for line in lines if "Unsupported" in line or "invalid load key" in line]
+    return (specific or lines or [type(err).__name__])[0]
+
+
+def _class_count(state: Mapping[str, Tensor], skipped: list[tuple[str, str]]) -> int | str:
+    # The class count is the leading dimension of the head's last weight (its output layer).
+    weights = [k for k, _ in skipped if k.endswith("weight") and k in state]
+    return int(state[weights[-1]].shape[0]) if weights else "?"

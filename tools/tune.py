@@ -1,0 +1,64 @@
+"""Hyperparameter grid: one fine-tuning run per combination, and a results table sorted by the best val metric.
+
+Examples:
+    python tools/tune.py --config configs/shapes_cls_resnet18.yaml --grid lr=0.01,0.001 batch_size=32,64
+    python tools/tune.py --config configs/shapes_cls_resnet18.yaml --grid optim.name=sgd,adamw \\
+        --set train.epochs=2 --output runs/tune_optim
+
+Grid keys are dotted config keys or unique leaf names (lr = optim.lr, batch_size = data.batch_size).
+Each run gets OUTPUT/<params>/ with its own checkpoints and TensorBoard events; the combined table
+is written to OUTPUT/results.csv and OUTPUT/results.json (as RunManager names them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help="YAML recipe every run starts from")
+    parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                        help="values to try per key; runs cover every combination")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="fixed dotted overrides applied to every run, e.g. train.epochs=2")
+    parser.add_argument("--output", type=Path, default=Path("runs/tune"), help="root directory of the runs")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="console log level")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from detkit.config import load_config, parse_grid
+    from detkit.engine.experiment import tune
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    cfg = load_config(args.config, args.overrides)
+    result = tune(cfg, parse_grid(args.grid), args.output)
+    for run in result["runs"]:
+        params = ", ".join(f"{k}={v}" for k, v in run["params"].items())
+        value = run["best"].get("value")
+        print(f"{params}: best {value if value is None else round(value, 4)} ({run['dir']})")
+    print(f"results: {result['csv']} and {result['json']}")
+    return 0
+
+
+def _run_cli() -> int:
+    args = get_args_parser().parse_args()
+    from detkit.engine.experiment import USER_ERRORS, one_line
+
+    try:
+        return main(args)
+    except USER_ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_run_cli())
