@@ -65,14 +65,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run_cli() -> int:
-    args = get_args_parser().parse_args()
-    from detkit.engine.experiment import USER_ERRORS, one_line
+    from detkit.cli import run_cli
 
-    try:
-        return main(args)
-    except USER_ERRORS as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+    return run_cli(main, get_args_parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from detkit.data.synthetic import (
     read_meta,
     render_background,
 )
+from detkit.io import atomic_write_text
 
 __all__ = [
     "DET_CLASSES",
@@ -215,9 +216,7 @@ def draw_detection_image(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(obj, separators=(",", ":")) + "\n", path)
 
 
 def _clear_previous(out: Path, existing: dict | None, overwrite: bool) -> None:

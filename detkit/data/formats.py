@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import yaml
 
 from detkit.data.detection import load_coco_json
 from detkit.data.images import DatasetError, default_workers, is_image_file, read_image
+from detkit.io import atomic_write_text
 
 __all__ = [
     "FORMATS",
@@ -45,20 +45,6 @@ _YOLO_IDS_KEY = "coco_category_ids"  # extra data.yaml key keeping COCO category
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _error_list(title: str, items: list[str]) -> DatasetError:
@@ -172,7 +158,7 @@ def write_coco(
         for img in coco["images"]:
             _copy_image(Path(images_dir) / img["file_name"], out_dir / img["file_name"])
     path = out_dir / "annotations.json"
-    _atomic_write_text(json.dumps(coco, separators=(",", ":")), path)
+    atomic_write_text(json.dumps(coco, separators=(",", ":")), path)
     return path
 
 
@@ -302,8 +288,8 @@ def _write_yolo_meta(root: Path, categories: list[dict[str, Any]]) -> None:
     else:
         data.update({"train": "images", "val": "images"})
     data.update({"nc": len(names), "names": dict(enumerate(names)), _YOLO_IDS_KEY: [c["id"] for c in categories]})
-    _atomic_write_text("\n".join(names) + "\n", existing)
-    _atomic_write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), root / "data.yaml")
+    atomic_write_text("\n".join(names) + "\n", existing)
+    atomic_write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), root / "data.yaml")
 
 
 def write_yolo(
@@ -349,7 +335,7 @@ def write_yolo(
         logger.warning("%d iscrowd annotations left out: YOLO txt has no ignore regions", crowd)
     for img in coco["images"]:
         rel = Path(img["file_name"])
-        _atomic_write_text("".join(f"{line}\n" for line in lines[img["id"]]), out_labels / rel.with_suffix(".txt"))
+        atomic_write_text("".join(f"{line}\n" for line in lines[img["id"]]), out_labels / rel.with_suffix(".txt"))
         if copy_images:
             _copy_image(Path(images_dir) / rel, out_images / rel)
     out_images.mkdir(parents=True, exist_ok=True)
@@ -544,12 +530,12 @@ def write_voc(
             f"{clashes[:_MAX_LISTED]} ({len(clashes)} in all)"
         )
     for img, stem in zip(coco["images"], stems):
-        _atomic_write_text(_voc_xml(img, objects[img["id"]]), ann_dir / f"{stem}.xml")
+        atomic_write_text(_voc_xml(img, objects[img["id"]]), ann_dir / f"{stem}.xml")
         if copy_images:
             _copy_image(Path(images_dir) / img["file_name"], jpeg_dir / Path(img["file_name"]).name)
     if split:
-        _atomic_write_text("".join(f"{s}\n" for s in stems), dst / "ImageSets" / "Main" / f"{split}.txt")
-    _atomic_write_text(json.dumps(cats, indent=1) + "\n", cat_file)
+        atomic_write_text("".join(f"{s}\n" for s in stems), dst / "ImageSets" / "Main" / f"{split}.txt")
+    atomic_write_text(json.dumps(cats, indent=1) + "\n", cat_file)
     jpeg_dir.mkdir(parents=True, exist_ok=True)
     return ann_dir
 

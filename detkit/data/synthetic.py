@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from detkit.data.images import default_workers, write_image
+from detkit.io import atomic_write_text
 
 __all__ = [
     "SHAPES",
@@ -474,6 +475,4 @@ def _clear_previous(out: Path, existing: dict | None, overwrite: bool) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(obj, indent=2) + "\n", path)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from detkit.data.det_transforms import letterbox_image, resize_image, unletterbox_boxes
 from detkit.data.images import IMAGE_EXTENSIONS, DatasetError, is_image_file, read_image, write_image
+from detkit.io import atomic_write_text
 
 __all__ = [
     "DetectRunSummary",
@@ -423,8 +424,6 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from detkit.engine.checkpoint import atomic_write_text
-
     atomic_write_text(text, path)
 
 

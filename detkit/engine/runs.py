@@ -12,10 +12,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import namedtuple
 from pathlib import Path
 from typing import Any, Sequence
+
+from detkit.io import atomic_write_text
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
@@ -207,14 +208,4 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(text, path)

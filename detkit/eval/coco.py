@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
+
+from detkit.io import atomic_write
 
 __all__ = ["CocoEvaluator", "CocoMetrics", "plot_pr_curves", "predictions_to_coco_results"]
 
@@ -359,14 +360,4 @@ def plot_pr_curves(metrics: CocoMetrics, path: str | os.PathLike, max_legend: in
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="lower left", fontsize="small")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
