@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from detkit.data.det_synthetic import DET_CLASSES, make_shapes_detection  # noqa: E402
-from detkit.data.synthetic import SHAPES, make_shapes_classification  # noqa: E402
+from detkit.data.synthetic import CLASSIFICATION_CLASSES, SHAPES, make_shapes_classification  # noqa: E402
 
 
 def _shapes_classify(args: argparse.Namespace) -> str:
@@ -31,7 +31,7 @@ def _shapes_classify(args: argparse.Namespace) -> str:
         n_test=args.n_test,
         size=args.size,
         seed=args.seed,
-        classes=args.classes.split(",") if args.classes else SHAPES,
+        classes=args.classes.split(",") if args.classes else CLASSIFICATION_CLASSES,
         workers=args.workers,
         overwrite=args.overwrite,
     )
@@ -82,7 +82,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--size", type=int, default=128, help="image side in pixels, >= 32 (default: 128)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     shapes.add_argument(
-        "--classes", default="", help=f"comma-separated subset of {','.join(SHAPES)} (default: all)"
+        "--classes",
+        default="",
+        help=f"comma-separated names from {','.join(SHAPES)} (default: classify {','.join(CLASSIFICATION_CLASSES)}; "
+        f"detect {','.join(DET_CLASSES)})",
     )
     shapes.add_argument("--min-size", type=int, default=160, help="detect: smallest image side in pixels (default: 160)")
     shapes.add_argument("--max-size", type=int, default=320, help="detect: largest image side in pixels (default: 320)")

@@ -14,6 +14,7 @@ from detkit.data import synthetic
 from detkit.data.classification import ImageFolderDataset
 from detkit.data.images import read_image
 from detkit.data.synthetic import (
+    CLASSIFICATION_CLASSES,
     SHAPES,
     ShapeSpec,
     draw_shape,
@@ -111,7 +112,7 @@ def test_generation_layout_and_metadata(tmp_path: Path) -> None:
     out = tmp_path / "shapes"
     meta, created = make_shapes_classification(out, **TINY, n_test=6, seed=3)
     assert created and meta["complete"] is True
-    classes = sorted(SHAPES)
+    classes = sorted(CLASSIFICATION_CLASSES)
     assert (out / "classes.txt").read_text().splitlines() == classes
     on_disk = json.loads((out / "meta.json").read_text())
     assert on_disk == meta == read_meta(out)
