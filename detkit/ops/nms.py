@@ -19,6 +19,9 @@ __all__ = ["batched_nms", "nms", "soft_nms"]
 # top-scoring boxes usually suppress most of the rest; later blocks grow to amortise per-op costs.
 _FIRST_BLOCK = 128
 _MAX_BLOCK = 256
+# On CUDA a round costs host syncs rather than arithmetic, so blocks are larger there (first, largest);
+# chosen by a sweep on an H100 (docs/benchmarks.md).
+_BLOCKS_CUDA = (512, 2048)
 # Pairwise work is tiled to about this many elements per [rows, cols] tile (see _chunk_elems).
 _CHUNK_ELEMS_CPU = 1 << 17
 _CHUNK_ELEMS_CUDA = 1 << 26
@@ -114,6 +117,11 @@ def _coords(boxes: Tensor, order: Tensor) -> Tensor:
 def _chunk_elems(device: torch.device) -> int:
     # on CPU, [n, R] scratch of this many elements stays in cache; on CUDA it only bounds memory
     return _CHUNK_ELEMS_CUDA if device.type == "cuda" else _CHUNK_ELEMS_CPU
+
+
+def _block_sizes(device: torch.device) -> tuple[int, int]:
+    """``(first, largest)`` block size of the rounds on ``device``."""
+    return _BLOCKS_CUDA if device.type == "cuda" else (_FIRST_BLOCK, _MAX_BLOCK)
 
 
 def _suppression(a: Tensor, b: Tensor, threshold: float, out: Tensor | None = None) -> Tensor:
@@ -224,10 +232,10 @@ def _greedy_keep(coords: Tensor, threshold: float) -> Tensor:
     """
     pos = torch.arange(coords.shape[1], device=coords.device)  # [R] undecided boxes
     kept = []
-    block = _FIRST_BLOCK
+    block, largest = _block_sizes(coords.device)
     while pos.shape[0] > 0:
         n = min(block, pos.shape[0])
-        block = min(2 * block, _MAX_BLOCK)
+        block = min(2 * block, largest)
         head = coords.narrow(1, 0, n)  # [5, n]
         on = _resolve_block(_suppression_matrix(head, threshold)).nonzero().squeeze(1)  # kept, [k]
         kept.append(pos.narrow(0, 0, n).index_select(0, on))
@@ -296,10 +304,10 @@ def _greedy_keep_grouped(coords: Tensor, classes: Tensor, threshold: float) -> T
     for b in torch.unique(buckets).tolist():
         members = (buckets == b).nonzero().squeeze(1)
         padded, pos = _pad_groups(coords, starts[members], sizes[members], int(sizes[members].max()))
-        block = _FIRST_BLOCK
+        block, largest = _block_sizes(coords.device)
         while True:
             n = min(block, pos.shape[1])
-            block = min(2 * block, _MAX_BLOCK)
+            block = min(2 * block, largest)
             head, head_pos = padded[:, :, :n], pos[:, :n]  # [5, G, n], [G, n]
             keep = _resolve_block(_suppression_matrix(head, threshold)) & (head_pos >= 0)  # [G, n]
             kept.append(head_pos[keep])

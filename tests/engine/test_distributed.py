@@ -17,7 +17,8 @@ from detkit.engine.distributed import DistInfo, ShardSampler, resolve_device, un
 from detkit.engine.experiment import run_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trainer import make_image_folder, tiny_config  # noqa: E402  (the tiny dataset and config helpers)
+from image_folders import make_image_folder  # noqa: E402
+from test_trainer import tiny_config  # noqa: E402  (the tiny config helper)
 
 
 def test_resolve_device_strings():
@@ -52,7 +53,7 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str, hashes: str) -> None:
-    # Runs in a forked process: the environment torchrun would set, then the library's own entry point.
+    # Runs in a child process: the environment torchrun would set, then the library's own entry point.
     torch.set_num_threads(1)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DETKIT_OFFLINE": "1"})
@@ -74,9 +75,11 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     root = make_image_folder(tmp_path / "data", n_train=4, n_val=3)  # 9 val images: shards of 5 and 4
     out, hashes = tmp_path / "run", tmp_path / "hashes"
     hashes.mkdir()
-    # fork, not spawn: the children inherit the imported libraries instead of importing torch again
+    # fork where it is safe (the children inherit the imported libraries instead of importing torch
+    # again); spawn once this process has used CUDA, whose autograd threads do not survive a fork
+    method = "spawn" if torch.cuda.is_initialized() or os.environ.get("DETKIT_TEST_SPAWN") else "fork"
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(root), str(out), str(hashes)), nprocs=2,
-                       join=True, start_method="fork")
+                       join=True, start_method=method)
 
     for epoch in (1, 2):
         ranks = [json.loads((hashes / f"rank{r}_epoch{epoch}.json").read_text()) for r in (0, 1)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,11 +12,9 @@ import torch
 from torch import nn
 
 from detkit.data.images import read_image
-from detkit.engine.checkpoint import save_checkpoint
-from detkit.engine.detection_task import DetectConfig, DetectionTask
 from detkit.engine.predict import Predictor, find_sources, yolo_lines
 
-from conftest import cli_env, load_tool, run_tool
+from cli_helpers import cli_env, run_in_process, run_tool, save_tiny_detector
 
 CATEGORY_IDS = [3, 7, 11, 20]
 CLASSES = ["circle", "square", "triangle", "star"]
@@ -26,14 +23,7 @@ CLASSES = ["circle", "square", "triangle", "star"]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A detection checkpoint of an untrained tiny_ssd (64 px) whose dataset had category ids 3, 7, 11, 20."""
-    torch.manual_seed(0)
-    task = DetectionTask(CLASSES, CATEGORY_IDS, DetectConfig())
-    model = task.build_model("tiny_ssd", weights="none")
-    config = {"task": "detect", "model": {"name": "tiny_ssd"}, "data": {"img_size": 64},
-              "detect": {"resize_mode": "letterbox", "cls_loss": "ce", "box_loss": "smooth_l1"}}
-    path = tmp_path_factory.mktemp("det_ckpt") / "best.pt"
-    return save_checkpoint(path, model=model, epoch=1, config=config, classes=CLASSES,
-                           normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    return save_tiny_detector(tmp_path_factory.mktemp("det_ckpt") / "best.pt", CLASSES, CATEGORY_IDS)
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +46,7 @@ def odd_images(tmp_path_factory) -> Path:
 
 
 def _run(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    tool = load_tool("detect")
-    monkeypatch.setattr(sys, "argv", ["detect.py", *argv])
-    rc = tool._run_cli()
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    return run_in_process("detect", argv, monkeypatch, capsys)
 
 
 def test_detect_on_odd_images_writes_predictions_json_and_yolo_txt(checkpoint, odd_images, tmp_path, monkeypatch,

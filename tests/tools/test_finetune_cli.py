@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import TINY_FLAGS, load_tool
+from cli_helpers import TINY_FLAGS, load_tool
 
 from detkit.engine.checkpoint import load_checkpoint
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from conftest import TINY_FLAGS, cli_env, run_tool
+from cli_helpers import TINY_FLAGS, cli_env, run_tool
 
 
 def _as_overrides(flags: list[str]) -> list[str]:
