@@ -1,11 +1,16 @@
-"""Evaluate a detkit checkpoint on a dataset split: accuracy, per-class precision/recall and the confusion matrix.
+"""Evaluate a detkit checkpoint on a dataset split: classification accuracy and confusion matrix, or detection COCO mAP.
 
 Examples:
     python tools/eval.py --checkpoint runs/shapes/best.pt --data data/shapes
     python tools/eval.py --checkpoint runs/shapes/best.pt --data data/shapes --split test --output runs/shapes/test
+    python tools/eval.py --checkpoint runs/shapes_det_resnet18_ssd/best.pt --data data/shapes_det
 
-Writes eval_metrics.json, confusion_matrix.pt and confusion_matrix.png to --output
-(default: <checkpoint dir>/eval_<split>) and prints the results.
+The checkpoint says its task. Classification reads DATA/<split>/<class>/* and writes eval_metrics.json
+(loss, acc@1, acc@5, per-class precision/recall), confusion_matrix.pt and confusion_matrix.png. Detection
+reads the split's COCO annotations (DATA/<split>/annotations.json or DATA/annotations/instances_<split>.json)
+and writes eval_metrics.json (pycocotools mAP@[.5:.95], mAP50, mAP75, AR, per-class AP), pr_curves.png
+(precision-recall at IoU 0.5, one curve per class) and val_predictions.png (predictions beside ground truth).
+Files go to --output (default: <checkpoint dir>/eval_<split>); the results are printed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a detkit checkpoint (best.pt, last.pt)")
-    parser.add_argument("--data", type=Path, required=True, help="dataset root holding the split's class folders")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="dataset root holding the split (class folders, or images and COCO annotations)")
     parser.add_argument("--split", default="val", help="sub-folder of --data to evaluate (default: val)")
     parser.add_argument("--output", type=Path, default=None, help="where to write results (default: <ckpt dir>/eval_<split>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -32,11 +38,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_report(metrics: dict, classes: list[str]) -> str:
-    """Human-readable accuracy, per-class table and confusion matrix."""
+def _score(value: float) -> str:
+    """A COCO number, or n/a where pycocotools has nothing to measure (-1: no ground truth)."""
+    return f"{value:.4f}" if value >= 0 else "n/a"
+
+
+def _classification_lines(metrics: dict) -> list[str]:
+    """Accuracy, per-class precision/recall table and confusion matrix."""
+    classes = metrics["classes"]
     lines = [
-        f"checkpoint {metrics['checkpoint']} on split {metrics['split']!r}: {metrics['val_count']} images"
-        + (f" ({metrics['skipped_images']} unreadable skipped)" if metrics.get("skipped_images") else ""),
         f"acc@1 {metrics['val_acc']:.4f}  acc@5 {metrics['val_acc5']:.4f}  loss {metrics['val_loss']:.4f}",
         "",
         f"{'class':<20} {'precision':>9} {'recall':>9}",
@@ -50,6 +60,32 @@ def format_report(metrics: dict, classes: list[str]) -> str:
     lines += [f"{c[:20]:<20}" + "".join(f"{v:>{width}}" for v in r) for c, r in zip(classes, cm)]
     if metrics.get("most_confused"):
         lines += ["", "most confused: " + ", ".join(f"{t} -> {p} ({n})" for t, p, n in metrics["most_confused"])]
+    return lines
+
+
+def _detection_lines(metrics: dict) -> list[str]:
+    """COCO mAP, AR and the per-class AP table."""
+    loss = f"  loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
+    lines = [
+        f"mAP@[.5:.95] {_score(metrics['val_map'])}  mAP50 {_score(metrics['val_map50'])}  "
+        f"mAP75 {_score(metrics['val_map75'])}  AR@100 {_score(metrics['val_ar100'])}{loss}",
+        f"{metrics['val_detections']} detections",
+        "",
+        f"{'class':<20} {'AP':>9} {'AP50':>9}",
+    ]
+    for name, row in metrics["val_per_class_ap"].items():
+        lines.append(f"{name[:20]:<20} {_score(row['ap']):>9} {_score(row['ap50']):>9}")
+    if any(row["ap"] < 0 for row in metrics["val_per_class_ap"].values()):
+        lines += ["", "n/a: the class has no ground-truth boxes in this split"]
+    return lines
+
+
+def format_report(metrics: dict) -> str:
+    """Human-readable report of :func:`detkit.engine.experiment.evaluate_checkpoint`'s metrics, by their task."""
+    skipped = metrics.get("skipped_images")
+    lines = [f"checkpoint {metrics['checkpoint']} on split {metrics['split']!r}: {metrics['images']} images"
+             + (f" ({skipped} unreadable skipped)" if skipped else "")]
+    lines += _detection_lines(metrics) if metrics["task"] == "detect" else _classification_lines(metrics)
     lines += ["", f"results written to {metrics['output']}"]
     return "\n".join(lines)
 
@@ -60,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, device=args.device,
                                   batch_size=args.batch_size, workers=args.workers)
-    print(format_report(metrics, list(metrics["val_per_class"])))
+    print(format_report(metrics))
     return 0
 
 

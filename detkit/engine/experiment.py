@@ -383,14 +383,26 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     workers: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a detkit checkpoint on ``DATA_ROOT/<split>`` with its own classes, input size and normalisation.
+    """Evaluate a detkit checkpoint on ``DATA_ROOT/<split>`` with its own task, classes, input size and normalisation.
 
-    Writes ``eval_metrics.json``, ``confusion_matrix.pt`` (Tensor[C, C] int64, rows true, cols
-    predicted) and ``confusion_matrix.png`` to ``output`` (default: ``<checkpoint dir>/eval_<split>``).
+    A classification checkpoint reads ``DATA_ROOT/<split>/<class>/*``; a detection checkpoint reads the split's
+    COCO annotations (``DATA_ROOT/<split>/annotations.json`` or ``DATA_ROOT/annotations/instances_<split>.json``).
+    Writes to ``output`` (default: ``<checkpoint dir>/eval_<split>``) ``eval_metrics.json`` (every returned
+    value but tensors; the confusion matrix as a list) and the task's artifacts, the same files training writes:
+    classification ``confusion_matrix.pt`` (Tensor[C, C] int64, rows true, cols predicted) and
+    ``confusion_matrix.png``; detection ``pr_curves.png`` (precision against recall at IoU 0.5, one curve per
+    class) and ``val_predictions.png`` (predictions beside ground truth for the first images).
 
     Returns:
-        The metrics: ``val_loss``, ``val_acc``, ``val_acc5``, ``val_per_class``, ``most_confused``,
-        ``confusion_matrix`` (Tensor[C, C]), plus ``checkpoint``, ``split`` and ``output``.
+        The task's metrics plus ``task`` (``"classify"`` or ``"detect"``), ``checkpoint``, ``data``, ``split``,
+        ``output``, ``classes``, ``images`` (images evaluated), ``skipped_images`` (how many unreadable images
+        were skipped) and ``skipped_files``. Classification: ``val_loss``, ``val_acc``, ``val_acc5``,
+        ``val_mean_recall``, ``val_count``, ``val_per_class`` (``{name: {"precision", "recall"}}``),
+        ``most_confused``, ``confusion_matrix`` (Tensor[C, C]). Detection (pycocotools COCOeval, ``-1`` where
+        nothing can be measured): ``val_map`` (AP@[.5:.95]), ``val_map50``, ``val_map75``,
+        ``val_map_{small,medium,large}``, ``val_ar1``, ``val_ar10``, ``val_ar100``, ``val_ar_{small,medium,large}``,
+        ``val_images``, ``val_detections``, ``val_loss*`` (single-shot detectors), ``val_per_class_ap``
+        (``{name: {"ap", "ap50"}}``), ``pr_curves`` (Tensor[C, 101]) and ``prediction_grid`` (Tensor[H, W, 3] uint8).
     """
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
@@ -422,16 +434,14 @@ def evaluate_checkpoint(
     out_dir = Path(output) if output is not None else checkpoint.parent / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     task.save_artifacts(metrics, out_dir)
+    metrics.update({"task": task.name, "checkpoint": str(checkpoint), "data": str(data_root), "split": split,
+                    "output": str(out_dir), "classes": classes, "images": len(dataset),
+                    "skipped_images": len(dataset.skipped), "skipped_files": [str(p) for p, _ in dataset.skipped]})
     record = {k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
     cm = metrics.get("confusion_matrix")
-    record.update({"checkpoint": str(checkpoint), "data": str(data_root), "split": split, "classes": classes,
-                   "images": len(dataset), "skipped_images": len(dataset.skipped),
-                   "skipped_files": [str(p) for p, _ in dataset.skipped]})
     if cm is not None:
         record["confusion_matrix"] = cm.tolist()
     atomic_write_text(json.dumps(record, indent=2) + "\n", out_dir / "eval_metrics.json")
-    metrics.update({"checkpoint": str(checkpoint), "split": split, "output": str(out_dir),
-                    "skipped_images": len(dataset.skipped)})
     return metrics
 
 

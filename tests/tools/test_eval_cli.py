@@ -102,6 +102,7 @@ def test_eval_cli_scores_a_detectors_own_predictions_as_perfect(tmp_path, monkey
     annotations.write_text(json.dumps(coco))
     with_gt = {DET_CLASSES[DET_CATEGORY_IDS.index(a["category_id"])] for a in coco["annotations"]}
 
+    # the same weights (seed 0), with the threshold as the checkpoint's detect.score_thresh
     ckpt = save_tiny_detector(tmp_path / "run" / "best.pt", DET_CLASSES, DET_CATEGORY_IDS, score_thresh=thresh)
     out = tmp_path / "eval"
     rc, stdout, stderr = run_in_process("eval", ["--checkpoint", str(ckpt), "--data", str(data), "--output", str(out),
