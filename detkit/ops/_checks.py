@@ -5,6 +5,8 @@ Every public op checks its tensors here so that errors name the argument, its sh
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -55,3 +57,20 @@ def check_length(name: str, value: Tensor, expected: int, against: str) -> None:
         raise ValueError(
             f"{name} must have length {expected} to match {against}, got shape {list(value.shape)}"
         )
+
+
+def check_number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
+    """``value`` as a float: a Python number or a one-element tensor, not NaN, within ``[low, high]`` when given."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single number, got a tensor of shape {list(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number, got nan")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+    return value

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detkit.ops._checks import check_boxes, check_same_device, check_tensor
+from detkit.ops._checks import check_boxes, check_number, check_same_device, check_tensor
 from detkit.ops.boxes import _block_rows, _inter_union, _iou_rows_into
 from detkit.ops.coder import BoxCoder
 
@@ -18,13 +18,6 @@ __all__ = ["Matcher", "assign_anchors", "multibox_target"]
 _TAKEN = -1.0
 # chunk length of the two-level arg-max (an amax over chunks is vectorised, arg-max is not)
 _ARGMAX_CHUNK = 64
-
-
-def _check_threshold(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return value
 
 
 def _area(boxes: Tensor) -> Tensor:
@@ -319,7 +312,7 @@ def assign_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5
     gt_boxes = check_boxes("gt_boxes", gt_boxes)
     anchors = check_boxes("anchors", anchors)
     check_same_device(gt_boxes=gt_boxes, anchors=anchors)
-    iou_threshold = _check_threshold("iou_threshold", iou_threshold)
+    iou_threshold = check_number("iou_threshold", iou_threshold, 0.0, 1.0)
     dtype = torch.promote_types(torch.promote_types(gt_boxes.dtype, anchors.dtype), torch.float32)
     with torch.no_grad():
         valid = torch.ones((gt_boxes.shape[0], 1), dtype=torch.bool, device=gt_boxes.device)
@@ -421,7 +414,7 @@ def multibox_target(anchors: Tensor, labels: Tensor, iou_threshold: float = 0.5)
     if labels.dim() != 3 or labels.shape[-1] != 5:
         raise ValueError(f"labels must have shape [B, G, 5] (class, x1, y1, x2, y2), got {list(labels.shape)}")
     check_same_device(anchors=anchors, labels=labels)
-    iou_threshold = _check_threshold("iou_threshold", iou_threshold)
+    iou_threshold = check_number("iou_threshold", iou_threshold, 0.0, 1.0)
     dtype = torch.promote_types(torch.promote_types(anchors.dtype, labels.dtype), torch.float32)
     anchors, labels = anchors.to(dtype), labels.to(dtype)
     num_images, num_gt, _ = labels.shape

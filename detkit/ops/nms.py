@@ -11,7 +11,7 @@ import struct
 import torch
 from torch import Tensor
 
-from detkit.ops._checks import check_boxes, check_length, check_same_device, check_tensor
+from detkit.ops._checks import check_boxes, check_length, check_number, check_same_device, check_tensor
 
 __all__ = ["batched_nms", "nms", "soft_nms"]
 
@@ -31,19 +31,6 @@ _FLT_MAX = 3.4028234663852886e38
 # --------------------------------------------------------------------------------------------
 # validation and exact threshold handling
 # --------------------------------------------------------------------------------------------
-def _check_threshold(name: str, value: object) -> float:
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a single number, got a tensor of shape {list(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must be a number, got nan")
-    return value
-
-
 def _check_inputs(boxes: object, scores: object) -> tuple[Tensor, Tensor]:
     """Validate ``boxes`` ``[N, 4]`` and ``scores`` ``[N]``; return boxes in the compute dtype."""
     boxes = check_boxes("boxes", boxes)
@@ -358,7 +345,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     with a few host syncs per block (sizes after compaction), none per box.
     """
     boxes, scores = _check_inputs(boxes, scores)
-    threshold = _check_threshold("iou_threshold", iou_threshold)
+    threshold = check_number("iou_threshold", iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = _sort_scores(scores)
@@ -397,7 +384,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     check_same_device(boxes=boxes, idxs=idxs)
     if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
         raise TypeError(f"idxs must be an integer tensor of categories, got {idxs.dtype}; use idxs.long()")
-    threshold = _check_threshold("iou_threshold", iou_threshold)
+    threshold = check_number("iou_threshold", iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = _sort_scores(scores)  # [N] boxes by decreasing score
@@ -453,11 +440,11 @@ def soft_nms(
         _raise_nan_scores(scores)
     if method not in ("gaussian", "linear"):
         raise ValueError(f"method must be 'gaussian' or 'linear', got {method!r}")
-    sigma = _check_threshold("sigma", sigma)
+    sigma = check_number("sigma", sigma)
     if method == "gaussian" and not sigma > 0:
         raise ValueError(f"sigma must be > 0 for the gaussian method, got {sigma}")
-    score_threshold = _check_threshold("score_threshold", score_threshold)
-    iou_threshold = _check_threshold("iou_threshold", iou_threshold)
+    score_threshold = check_number("score_threshold", score_threshold)
+    iou_threshold = check_number("iou_threshold", iou_threshold)
     out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
     work_dtype = torch.float64 if torch.float64 in (boxes.dtype, scores.dtype) else torch.float32
     current = scores.to(work_dtype)  # [N]

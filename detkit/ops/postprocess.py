@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detkit.ops._checks import check_boxes, check_same_device, check_tensor
+from detkit.ops._checks import check_boxes, check_number, check_same_device, check_tensor
 from detkit.ops.coder import BoxCoder
-from detkit.ops.nms import _check_threshold, batched_nms
+from detkit.ops.nms import batched_nms
 
 __all__ = ["multibox_detection", "postprocess_detections"]
 
@@ -88,8 +88,8 @@ def multibox_detection(
             f"offset_preds must have shape [B, A * 4] = {[num_images, num_anchors * 4]}, got {list(offset_preds.shape)}"
         )
     check_same_device(cls_probs=cls_probs, offset_preds=offset_preds, anchors=anchors)
-    nms_threshold = _check_threshold("nms_threshold", nms_threshold)
-    pos_threshold = _check_threshold("pos_threshold", pos_threshold)
+    nms_threshold = check_number("nms_threshold", nms_threshold)
+    pos_threshold = check_number("pos_threshold", pos_threshold)
 
     conf, class_id = cls_probs[:, 1:].max(dim=1)  # [B, A] each
     boxes = BoxCoder(bbox_xform_clip=math.inf).decode(anchors, offset_preds.reshape(num_images, num_anchors, 4))
@@ -202,13 +202,13 @@ def postprocess_detections(
         raise ValueError(f"topk_candidates must be a positive int, got {topk_candidates!r}")
     if isinstance(detections_per_img, bool) or not isinstance(detections_per_img, int) or detections_per_img < 0:
         raise ValueError(f"detections_per_img must be a non-negative int, got {detections_per_img!r}")
-    nms_thresh = _check_threshold("nms_thresh", nms_thresh)
+    nms_thresh = check_number("nms_thresh", nms_thresh)
     if isinstance(score_thresh, Tensor):
         if score_thresh.shape != (num_classes,):
             raise ValueError(f"score_thresh must be a float or Tensor[C] with C = {num_classes}, got {list(score_thresh.shape)}")
         threshold = score_thresh.to(class_logits)  # [C]
     else:
-        threshold = _check_threshold("score_thresh", score_thresh)
+        threshold = check_number("score_thresh", score_thresh)
     if box_coder is None:
         box_coder = BoxCoder()
 
