@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_text",
     "capture_rng_state",
     "load_checkpoint",
+    "load_model_state",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -151,3 +152,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"checkpoint {path} has version {ckpt['version']}, newer than this detkit "
                          f"(reads up to {CHECKPOINT_VERSION})")
     return ckpt
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
+    """Load a checkpoint's model weights into ``model``, strictly except for BatchNorm counters.
+
+    Only ``num_batches_tracked`` entries may be missing or extra: torchvision builds detectors with
+    pretrained weights using frozen BatchNorm (no counter) and random ones with BatchNorm, which behave
+    the same in evaluation. Any other mismatch raises ``ValueError`` naming ``source`` and the keys.
+    """
+    result = model.load_state_dict(state, strict=False)
+    bad = [k for k in [*result.missing_keys, *result.unexpected_keys] if not k.endswith("num_batches_tracked")]
+    if bad:
+        raise ValueError(f"checkpoint {source} does not fit the {type(model).__name__} it names: "
+                         f"{len(bad)} mismatched keys, e.g. {bad[:5]}")

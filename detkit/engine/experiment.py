@@ -26,7 +26,7 @@ from detkit.config import (
     resolve_key,
     save_config,
 )
-from detkit.engine.checkpoint import atomic_write_text, load_checkpoint
+from detkit.engine.checkpoint import atomic_write_text, load_checkpoint, load_model_state
 from detkit.engine.distributed import (
     DistInfo,
     ShardSampler,
@@ -416,7 +416,7 @@ def evaluate_checkpoint(
     meta = dict(ckpt.get("model_meta") or {})
     task = build_task(cfg, classes, category_ids=meta.get("category_ids"))
     model = task.build_model(meta.get("name") or cfg.model.name, weights="none", dropout=cfg.model.dropout)
-    model.load_state_dict(ckpt["model"])
+    load_model_state(model, ckpt["model"], checkpoint)
     model.detkit_meta = meta or getattr(model, "detkit_meta", {})
 
     dev = resolve_device(device)

@@ -219,7 +219,7 @@ class Predictor:
             FileNotFoundError: no such file.
             ValueError: not a detkit detection checkpoint.
         """
-        from detkit.engine.checkpoint import load_checkpoint
+        from detkit.engine.checkpoint import load_checkpoint, load_model_state
         from detkit.models import create_detector, list_detectors
 
         ckpt = load_checkpoint(checkpoint)
@@ -238,7 +238,7 @@ class Predictor:
             raise ValueError(f"checkpoint {checkpoint} holds no normalisation mean/std")
         detect = config.get("detect") or {}
         model = create_detector(name, len(classes), weights="none", **_model_kwargs(name, detect))
-        _load_state(model, ckpt["model"], checkpoint)
+        load_model_state(model, ckpt["model"], checkpoint)
         model.detkit_meta = meta
         size = img_size or (config.get("data") or {}).get("img_size") or meta.get("input_size")
         return cls(model, classes, meta.get("category_ids"), mean=mean, std=std, img_size=int(size),
@@ -425,16 +425,6 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
 
 def _atomic_text(path: Path, text: str) -> None:
     atomic_write_text(text, path)
-
-
-def _load_state(model: nn.Module, state: dict[str, Tensor], source: Any) -> None:
-    """Load weights; only BatchNorm ``num_batches_tracked`` counters may differ (torchvision builds pretrained
-    detectors with frozen BatchNorm, which has none, and random ones with BatchNorm: same eval behaviour)."""
-    result = model.load_state_dict(state, strict=False)
-    bad = [k for k in [*result.missing_keys, *result.unexpected_keys] if not k.endswith("num_batches_tracked")]
-    if bad:
-        raise ValueError(f"checkpoint {source} does not fit the {type(model).__name__} it names: "
-                         f"{len(bad)} mismatched keys, e.g. {bad[:5]}")
 
 
 def _model_kwargs(name: str, detect: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from detkit.engine.checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
+    load_model_state,
     restore_rng_state,
     save_checkpoint,
 )
@@ -127,3 +128,16 @@ def test_rng_state_restores_torch_numpy_and_python():
     assert torch.equal(first[0], second[0])
     assert np.array_equal(first[1], second[1])
     assert first[2] == second[2]
+
+
+def test_load_model_state_tolerates_only_batchnorm_counters():
+    # a frozen-BatchNorm model (torchvision's pretrained detectors) has no num_batches_tracked entries
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    state = {k: v.clone() + 1 for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    fresh = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    load_model_state(fresh, state, "frozen.pt")
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())
+    del state["1.running_var"]
+    with pytest.raises(ValueError, match=r"checkpoint frozen.pt does not fit the Sequential it names: 1 mismatched keys, "
+                                         r"e.g. \['1.running_var'\]"):
+        load_model_state(fresh, state, "frozen.pt")
