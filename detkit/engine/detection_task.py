@@ -161,15 +161,10 @@ class DetectionTask(Task):
     def collate_fn(self, batch: list[tuple[Any, ...]]) -> tuple[Tensor, list[dict[str, Any]], list[str]]:
         return detection_collate(batch)
 
-    def move_batch(self, batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-        """Images, boxes and labels to ``device``; image ids, sizes and letterbox geometry stay on the host."""
-        images, targets, paths = batch
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        moved = [{**t, "boxes": t["boxes"].to(device, non_blocking=True),
-                  "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
-        return images, moved, list(paths)
+    def move_targets(self, targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+        """Boxes and labels to ``device``; image ids, sizes and letterbox geometry stay on the host."""
+        return [{**t, "boxes": t["boxes"].to(device, non_blocking=True),
+                 "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
 
     # ------------------------------------------------------------------ model and loss
 

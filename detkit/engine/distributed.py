@@ -13,8 +13,9 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import Sampler
+
+from detkit.models.stages import unwrap_model  # re-exported: the engine unwraps DDP models with it
 
 __all__ = [
     "DistInfo",
@@ -141,17 +142,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model inside DistributedDataParallel/DataParallel and ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 class ShardSampler(Sampler[int]):

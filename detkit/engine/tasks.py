@@ -81,7 +81,11 @@ class Task(abc.ABC):
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, _to_device(targets, device), list(paths)
+        return images, self.move_targets(targets, device), list(paths)
+
+    def move_targets(self, targets: Any, device: torch.device) -> Any:
+        """Copy a batch's targets to ``device``: every tensor in them (tasks override to keep some on the host)."""
+        return _to_device(targets, device)
 
     @abc.abstractmethod
     def train_step(self, model: nn.Module, images: Tensor, targets: Any) -> tuple[Tensor, dict[str, Tensor]]:

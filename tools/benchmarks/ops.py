@@ -4,15 +4,13 @@ Runs the NMS and post-processing cases defined here plus the cases of ``benchmar
 matching and targets), prints one table and optionally writes it as JSON. Examples:
 
     python tools/bench.py ops                       # full sizes, CPU (and CUDA rows when a GPU is present)
-    python tools/bench.py ops --quick               # a few seconds (used by `make demo`)
+    python tools/bench.py ops --quick               # a few seconds (a smoke run)
     python tools/bench.py ops --device cuda --repeat 20 --json bench-ops.json
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import math
 import os
@@ -26,6 +24,8 @@ import torchvision
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.ssd import SSD
 
+from benchmarks.ops_basic import cases as basic_cases
+from benchmarks.ops_basic import peak_bytes
 from detkit.ops.nms import batched_nms, nms, soft_nms
 from detkit.ops.postprocess import multibox_detection, postprocess_detections
 
@@ -131,8 +131,8 @@ def _nms_case(kind: str, n: int, device: torch.device, textbook: bool) -> Case:
             "textbook loop": (lambda: textbook_nms(boxes, scores, 0.5)) if textbook else None,
         },
         "setup_note": f"{note}; float32, IoU threshold 0.5, {kept:,} kept",
-        "peak_bytes": {"detkit": lambda: _peak_bytes(lambda: nms(boxes, scores, 0.5), device),
-                       "torchvision": lambda: _peak_bytes(lambda: torchvision.ops.nms(boxes, scores, 0.5), device)},
+        "peak_bytes": {"detkit": lambda: peak_bytes(lambda: nms(boxes, scores, 0.5), device),
+                       "torchvision": lambda: peak_bytes(lambda: torchvision.ops.nms(boxes, scores, 0.5), device)},
     }
 
 
@@ -234,37 +234,6 @@ def nms_cases(quick: bool, device: torch.device) -> list[Case]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Peak memory of one call above the level before it: CUDA allocator peak, or resident set size on Linux."""
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    before = _rss_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # resets VmHWM to the current resident size
-    except OSError:
-        return None
-    fn()
-    peak = _rss_kib("VmHWM")
-    return None if before is None or peak is None else max(0, peak - before) * 1024
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -370,18 +339,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _basic_cases(quick: bool, device: torch.device) -> tuple[list[Case], str | None]:
-    """Cases of ``benchmarks/ops_basic.py`` (CPU unless it takes a device), or why they are missing."""
-    try:
-        basic = importlib.import_module("benchmarks.ops_basic")
-    except ImportError as exc:
-        return [], f"benchmarks/ops_basic.py not available: {exc}"
-    params = inspect.signature(basic.cases).parameters
-    if "device" in params:
-        return basic.cases(quick, device=device), None
-    return (basic.cases(quick), None) if device.type == "cpu" else ([], None)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -401,10 +358,7 @@ def run(args: argparse.Namespace) -> int:
     rows, notes = [], {}
     for name in devices[args.device]:
         device = torch.device(name)
-        basic, missing = _basic_cases(args.quick, device)
-        if missing:
-            print(f"note: {missing}")
-        for case in nms_cases(args.quick, device) + basic:
+        for case in nms_cases(args.quick, device) + basic_cases(args.quick, device=device):
             if args.only and args.only not in case["op"]:
                 continue
             case.setdefault("device", name)

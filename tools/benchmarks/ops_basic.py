@@ -146,7 +146,7 @@ def _assign_case(num_anchors: int, num_gt: int, with_textbook: bool, note: str, 
 
 
 def cases(quick: bool, device: torch.device | str = "cpu") -> list[Case]:
-    """Benchmark cases on ``device``; ``quick`` shrinks the sizes for ``make demo``.
+    """Benchmark cases on ``device``; ``quick`` shrinks the sizes to a few-second smoke run.
 
     Textbook loops run on the CPU only (on CUDA they would time Python, not the GPU).
     """
