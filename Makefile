@@ -11,7 +11,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.detkit-installed
 endif
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo demo-classify bench clean
 
 $(VENV)/bin/python:
 	@if [ -z "$$VIRTUAL_ENV" ]; then python3 -m venv $(VENV); fi
@@ -28,6 +28,13 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 demo: $(STAMP)
+	$(PYTHON) tools/make_dataset.py shapes --task detect --out data/shapes_det --n-train 2000 --n-val 200 --seed 0
+	$(PYTHON) tools/finetune.py --config configs/shapes_det_resnet18_ssd.yaml
+	$(PYTHON) tools/detect.py --checkpoint runs/shapes_det_resnet18_ssd/best.pt --source data/shapes_det/val \
+		--output runs/shapes_det_resnet18_ssd/detect
+	@echo "make demo: annotated val images and predictions.json are in runs/shapes_det_resnet18_ssd/detect"
+
+demo-classify: $(STAMP)
 	$(PYTHON) tools/make_dataset.py shapes --task classify --out data/shapes --n-train 2000 --n-val 400 --size 128 --seed 0
 	$(PYTHON) tools/finetune.py --config configs/shapes_cls_resnet18.yaml
 

@@ -19,7 +19,7 @@ from detkit.data.detection import DetectionDataset, detection_collate
 from detkit.engine.distributed import all_gather_objects, all_reduce_sum, unwrap_model
 from detkit.engine.tasks import Evaluator, Task
 
-__all__ = ["DetectConfig", "DetectionEvaluator", "DetectionSplit", "DetectionTask"]
+__all__ = ["DetectConfig", "DetectionEvaluator", "DetectionSplit", "DetectionTask", "detector_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class DetectConfig:
     box_loss: str = "smooth_l1"  # SSD box loss on positives: smooth_l1 (on encoded offsets) or giou
     neg_pos_ratio: float = 3.0  # SSD hard negatives per positive (cls_loss ce)
     box_weight: float = 1.0  # SSD factor of the box loss in the total loss
+    first_level: str = "layer3"  # ResNet-SSD's finest feature level: layer3 (stride 16) or layer2 (stride 8, small objects)
     grid_images: int = 8  # val images in val_predictions.png (predictions beside ground truth; 0: no grid)
     grid_score: float = 0.3  # score from which a prediction is drawn in the grid
     augment: DetectionAugment = field(default_factory=DetectionAugment)  # train-time box-aware augmentation
@@ -53,8 +54,31 @@ class DetectConfig:
         for name in ("max_det", "topk_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"detect.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.first_level not in ("layer2", "layer3"):
+            raise ValueError(f"detect.first_level: expected layer2 or layer3, got {self.first_level!r}")
         if self.grid_images < 0:
             raise ValueError(f"detect.grid_images: expected >= 0, got {self.grid_images}")
+
+
+def detector_kwargs(name: str, detect: dict[str, Any]) -> dict[str, Any]:
+    """Architecture keyword arguments of ``create_detector(name, ...)`` from a ``detect`` config section.
+
+    One mapping for training and for rebuilding a model from a checkpoint's config: loss choices change an
+    SSD's head, ``first_level`` a ResNet-SSD's levels; torchvision detectors take none of them.
+
+    Args:
+        name: detector name (:func:`detkit.models.list_detectors`).
+        detect: the ``detect`` section as a dict (keys missing from an older checkpoint keep the defaults).
+    """
+    if name.startswith("torchvision:"):
+        return {}
+    kwargs = {k: detect[k] for k in ("cls_loss", "box_loss", "neg_pos_ratio", "box_weight") if k in detect}
+    first_level = detect.get("first_level", "layer3")
+    if name.startswith("resnet"):
+        kwargs["first_level"] = first_level
+    elif first_level != "layer3":
+        raise ValueError(f"detect.first_level: only ResNet-SSDs have a layer2 level, not {name}; leave it at layer3")
+    return kwargs
 
 
 class DetectionSplit(DetectionDataset):
@@ -176,11 +200,7 @@ class DetectionTask(Task):
         if dropout:
             raise ValueError(f"model.dropout: detectors have no dropout option, got {dropout}; set it to 0")
         d = self.detect
-        kwargs: dict[str, Any] = {}
-        if not name.startswith("torchvision:"):
-            kwargs = {"cls_loss": d.cls_loss, "box_loss": d.box_loss, "neg_pos_ratio": d.neg_pos_ratio,
-                      "box_weight": d.box_weight}
-        model = create_detector(name, self.num_classes, weights=weights, **kwargs)
+        model = create_detector(name, self.num_classes, weights=weights, **detector_kwargs(name, vars(d)))
         model.score_thresh = d.score_thresh
         model.nms_thresh = d.nms_thresh
         model.detections_per_img = d.max_det

@@ -220,6 +220,7 @@ class Predictor:
             ValueError: not a detkit detection checkpoint.
         """
         from detkit.engine.checkpoint import load_checkpoint, load_model_state
+        from detkit.engine.detection_task import detector_kwargs
         from detkit.models import create_detector, list_detectors
 
         ckpt = load_checkpoint(checkpoint)
@@ -237,7 +238,7 @@ class Predictor:
         if not mean or not std:
             raise ValueError(f"checkpoint {checkpoint} holds no normalisation mean/std")
         detect = config.get("detect") or {}
-        model = create_detector(name, len(classes), weights="none", **_model_kwargs(name, detect))
+        model = create_detector(name, len(classes), weights="none", **detector_kwargs(name, detect))
         load_model_state(model, ckpt["model"], checkpoint)
         model.detkit_meta = meta
         size = img_size or (config.get("data") or {}).get("img_size") or meta.get("input_size")
@@ -425,10 +426,3 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
 
 def _atomic_text(path: Path, text: str) -> None:
     atomic_write_text(text, path)
-
-
-def _model_kwargs(name: str, detect: dict[str, Any]) -> dict[str, Any]:
-    """Architecture keyword arguments recorded in a run's ``detect`` config (loss choice changes the head)."""
-    if name.startswith("torchvision:"):
-        return {}
-    return {k: detect[k] for k in ("cls_loss", "box_loss") if k in detect}

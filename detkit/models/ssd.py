@@ -23,6 +23,7 @@ from detkit.ops import DefaultBoxGenerator, postprocess_detections
 __all__ = ["ResNetSSD", "SSDPredictionHead", "SingleShotDetector", "resnet_ssd"]
 
 RESNET_SSD_ARCHS = ("resnet18", "resnet34", "resnet50")
+FIRST_LEVELS = ("layer2", "layer3")  # the finest feature level of a ResNet-SSD: stride 8 or stride 16
 
 
 class SSDPredictionHead(nn.Module):
@@ -263,7 +264,8 @@ class ResNetSSD(SingleShotDetector):
     """SSD on a torchvision ResNet: levels from layer3 (stride 16), layer4 (stride 32) and extra blocks.
 
     With the default 4 extra blocks there are 6 levels of strides 16, 32, 64, 128, 256, 512; e.g. 20, 10, 5,
-    3, 2, 1 cells per side at 320 px (a 1-cell level stays 1 cell). Any input size works; multiples of 32
+    3, 2, 1 cells per side at 320 px (a 1-cell level stays 1 cell). ``first_level="layer2"`` adds layer2's
+    stride-8 map as a finer first level (as SSD300's stride-8 conv4_3): small inputs, small objects. Any input size works; multiples of 32
     keep the grid aligned with the anchors. Default boxes come from :class:`detkit.ops.DefaultBoxGenerator`
     (cached per feature shapes / image size), so their sizes are fractions of the input's width and height.
 
@@ -276,6 +278,8 @@ class ResNetSSD(SingleShotDetector):
         max_ratio: largest default-box scale.
         extra_norm: normalisation in the extra blocks, ``"group"`` (GroupNorm, works at any batch size) or
             ``"batch"`` (BatchNorm; needs several images per batch once levels are 1 x 1).
+        first_level: the finest feature level, ``"layer3"`` (stride 16) or ``"layer2"`` (stride 8, one more
+            level; ``aspect_ratios`` then needs ``3 + len(extra_channels)`` entries).
         **kwargs: loss and post-processing options of :class:`SingleShotDetector`.
     """
 
@@ -289,6 +293,7 @@ class ResNetSSD(SingleShotDetector):
         min_ratio: float = 0.1,
         max_ratio: float = 0.9,
         extra_norm: str = "group",
+        first_level: str = "layer3",
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -296,12 +301,17 @@ class ResNetSSD(SingleShotDetector):
             raise TypeError(f"backbone must be a torchvision ResNet, got {type(backbone).__name__}")
         if extra_norm not in EXTRA_NORMS:
             raise ValueError(f"extra_norm must be one of {EXTRA_NORMS}, got {extra_norm!r}")
+        if first_level not in FIRST_LEVELS:
+            raise ValueError(f"first_level must be one of {FIRST_LEVELS}, got {first_level!r}")
+        self.first_level = first_level
         self.stem = nn.Sequential(
             OrderedDict(conv1=backbone.conv1, bn1=backbone.bn1, relu=backbone.relu, maxpool=backbone.maxpool)
         )
         self.layer1, self.layer2 = backbone.layer1, backbone.layer2
         self.layer3, self.layer4 = backbone.layer3, backbone.layer4
         level_channels = [_layer_out_channels(self.layer3), _layer_out_channels(self.layer4)]
+        if first_level == "layer2":
+            level_channels.insert(0, _layer_out_channels(self.layer2))
         extras = []
         for out_channels in extra_channels:
             extras.append(_extra_block(level_channels[-1], int(out_channels), extra_norm))
@@ -311,7 +321,8 @@ class ResNetSSD(SingleShotDetector):
         aspect_ratios = default_aspect_ratios(num_levels) if aspect_ratios is None else [list(r) for r in aspect_ratios]
         if len(aspect_ratios) != num_levels:
             raise ValueError(
-                f"aspect_ratios must have one entry per feature level ({num_levels} = 2 + len(extra_channels)), "
+                f"aspect_ratios must have one entry per feature level ({num_levels} = "
+                f"{num_levels - len(extra_channels)} + len(extra_channels)), "
                 f"got {len(aspect_ratios)}"
             )
         self.anchor_generator = DefaultBoxGenerator(aspect_ratios, min_ratio=min_ratio, max_ratio=max_ratio)
@@ -323,10 +334,12 @@ class ResNetSSD(SingleShotDetector):
         )
 
     def extract_features(self, images: Tensor) -> list[Tensor]:
-        """Feature maps of layer3, layer4 and each extra block (strides 16, 32, 64, ...)."""
+        """Feature maps of layer3, layer4 and each extra block (strides 16, 32, 64, ...), after layer2's
+        (stride 8) when ``first_level`` is ``"layer2"``."""
         x = self.layer2(self.layer1(self.stem(images)))
+        features = [x] if self.first_level == "layer2" else []
         x = self.layer3(x)
-        features = [x]
+        features.append(x)
         x = self.layer4(x)
         features.append(x)
         for block in self.extras:

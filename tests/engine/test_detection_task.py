@@ -89,6 +89,27 @@ def test_build_model_carries_classes_category_ids_and_thresholds(shapes_root):
         DetectConfig(resize_mode="crop")
 
 
+def test_first_level_reaches_resnet_ssds_and_survives_a_checkpoint_round_trip(tmp_path):
+    from detkit.engine.checkpoint import save_checkpoint
+    from detkit.engine.predict import Predictor
+
+    detect = {"first_level": "layer2", "box_loss": "giou"}
+    task = DetectionTask(["a", "b"], [5, 9], DetectConfig(**detect))
+    model = task.build_model("resnet18_ssd", weights="none")
+    assert model.first_level == "layer2" and model.loss_fn.box_loss == "giou"
+    config = {"task": "detect", "model": {"name": "resnet18_ssd"}, "data": {"img_size": 64}, "detect": detect}
+    ckpt = save_checkpoint(tmp_path / "best.pt", model=model, epoch=1, config=config, classes=["a", "b"],
+                           normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    predictor = Predictor.from_checkpoint(ckpt)  # strict load: fails if the stride-8 level is not rebuilt
+    assert predictor.model.first_level == "layer2"
+    for name, value in model.state_dict().items():
+        assert torch.equal(predictor.model.state_dict()[name].cpu(), value), name
+    with pytest.raises(ValueError, match="detect.first_level"):
+        DetectionTask(["a"], detect=DetectConfig(first_level="layer2")).build_model("tiny_ssd", weights="none")
+    with pytest.raises(ValueError, match="detect.first_level"):
+        DetectConfig(first_level="layer4")
+
+
 def test_train_step_sums_every_loss_and_summary_averages(shapes_root):
     cfg = _data_cfg(shapes_root)
     train = DetectionTask.load_split(cfg, "train")

@@ -89,6 +89,41 @@ def test_levels_and_anchor_counts_on_a_non_square_input(ssd18: ResNetSSD) -> Non
     assert ssd18.anchors_for(features, (256, 320)) is anchors
 
 
+def test_layer2_first_level_adds_a_stride_8_level_that_trains() -> None:
+    torch.manual_seed(0)
+    model = create_detector("resnet18_ssd", 3, weights="none", first_level="layer2", box_loss="giou")
+    model.eval()
+    images = torch.randn(2, 3, 128, 160)
+    with torch.no_grad():
+        features = model.extract_features(images)
+        logits, regression, anchors = model.head_outputs(images)
+    assert [tuple(f.shape[-2:]) for f in features] == [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2), (1, 1), (1, 1)]
+    assert [f.shape[1] for f in features] == [128, 256, 512, 512, 256, 256, 256]
+    per_cell = model.anchor_generator.num_anchors_per_location()
+    assert per_cell == [4, 6, 6, 6, 6, 4, 4]  # default_aspect_ratios(7)
+    assert logits.shape[1] == regression.shape[1] == anchors.shape[0] == sum(
+        f.shape[-2] * f.shape[-1] * k for f, k in zip(features, per_cell)
+    )
+    centres = (anchors[:4, :2] + anchors[:4, 2:]) / 2  # the first cell of the stride-8 level
+    assert torch.allclose(centres, torch.tensor([4.0, 4.0]).expand(4, 2))
+    model.train()
+    losses = model(torch.randn(2, 3, 128, 128), [
+        {"boxes": torch.tensor([[4.0, 6.0, 20.0, 18.0]]), "labels": torch.tensor([1])},  # 16 px: the stride-8 level
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+    ])
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and losses["loss_box"] > 0
+    assert model.layer2[-1].conv2.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_first_level_must_be_layer2_or_layer3() -> None:
+    with pytest.raises(ValueError, match="first_level must be one of"):
+        create_detector("resnet18_ssd", 3, weights="none", first_level="layer1")
+    with pytest.raises(ValueError, match="aspect_ratios must have one entry per feature level"):
+        create_detector("resnet18_ssd", 3, weights="none", first_level="layer2", aspect_ratios=[[2.0]] * 6)
+
+
 @pytest.mark.parametrize("size", [(64, 64), (96, 160)])
 def test_any_multiple_of_32_works(ssd18: ResNetSSD, size: tuple[int, int]) -> None:
     ssd18.eval()
