@@ -2,7 +2,7 @@
 
 Examples:
     python tools/bench.py ops            # box ops vs torchvision.ops and textbook loops
-    python tools/bench.py ops --quick    # a smaller, faster pass (used by `make demo`)
+    python tools/bench.py ops --quick    # a smaller, faster pass
     python tools/bench.py train          # detkit trainer vs a hand-written loop; transform throughput
     python tools/bench.py detect         # detector latency vs torchvision detectors; training images/s
 """
