@@ -9,7 +9,8 @@ The checkpoint says its task. Classification reads DATA/<split>/<class>/* and wr
 (loss, acc@1, acc@5, per-class precision/recall), confusion_matrix.pt and confusion_matrix.png. Detection
 reads the split's COCO annotations (DATA/<split>/annotations.json or DATA/annotations/instances_<split>.json)
 and writes eval_metrics.json (pycocotools mAP@[.5:.95], mAP50, mAP75, AR, per-class AP), pr_curves.png
-(precision-recall at IoU 0.5, one curve per class) and val_predictions.png (predictions beside ground truth).
+(precision-recall at IoU 0.5, one curve per class), pr_curves/<class>.png (one class each) and
+val_predictions.png (predictions beside ground truth).
 Files go to --output (default: <checkpoint dir>/eval_<split>); the results are printed.
 """
 

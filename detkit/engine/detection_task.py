@@ -6,6 +6,7 @@ Also ``DetectConfig`` (the ``detect:`` section of a recipe) and ``DetectionSplit
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class DetectConfig:
     box_loss: str = "smooth_l1"  # SSD box loss on positives: smooth_l1 (on encoded offsets) or giou
     neg_pos_ratio: float = 3.0  # SSD hard negatives per positive (cls_loss ce)
     box_weight: float = 1.0  # SSD factor of the box loss in the total loss
-    first_level: str = "layer3"  # ResNet-SSD's finest feature level: layer3 (stride 16) or layer2 (stride 8, small objects)
+    first_level: str = "layer3"  # ResNet-SSD's finest level: layer3 (stride 16) or layer2 (stride 8, small objects)
     grid_images: int = 8  # val images in val_predictions.png (predictions beside ground truth; 0: no grid)
     grid_score: float = 0.3  # score from which a prediction is drawn in the grid
     augment: DetectionAugment = field(default_factory=DetectionAugment)  # train-time box-aware augmentation
@@ -243,7 +244,8 @@ class DetectionTask(Task):
 
     def save_artifacts(self, metrics: dict[str, Any], out_dir: Path, writer: Any | None = None,
                        epoch: int | None = None) -> None:
-        """Write ``pr_curves.png`` (per-class precision-recall at IoU 0.5) and ``val_predictions.png``."""
+        """Write ``pr_curves.png`` (every class's precision-recall at IoU 0.5 and their mean), one
+        ``pr_curves/<class>.png`` per class, and ``val_predictions.png``."""
         from detkit.data.images import read_image, write_image
         from detkit.eval.coco import CocoMetrics, plot_pr_curves
 
@@ -257,6 +259,9 @@ class DetectionTask(Task):
             cm = CocoMetrics(map50=float(np.mean(valid)) if valid else -1.0, per_class_ap50=ap50,
                              pr_curves={n: curves[i].numpy().astype(np.float64) for i, n in enumerate(names)})
             pngs.append(("val/pr_curves", plot_pr_curves(cm, out_dir / "pr_curves.png")))
+            for name in names:
+                safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+                plot_pr_curves(cm, out_dir / "pr_curves" / f"{safe}.png", class_name=name)
         grid = metrics.get("prediction_grid")
         if grid is not None:
             pngs.append(("val/predictions", write_image(out_dir / "val_predictions.png", grid.numpy())))

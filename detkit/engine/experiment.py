@@ -391,7 +391,8 @@ def evaluate_checkpoint(
     value but tensors; the confusion matrix as a list) and the task's artifacts, the same files training writes:
     classification ``confusion_matrix.pt`` (Tensor[C, C] int64, rows true, cols predicted) and
     ``confusion_matrix.png``; detection ``pr_curves.png`` (precision against recall at IoU 0.5, one curve per
-    class) and ``val_predictions.png`` (predictions beside ground truth for the first images).
+    class; ``pr_curves/<class>.png`` one class each) and ``val_predictions.png`` (predictions beside ground
+    truth for the first images).
 
     Returns:
         The task's metrics plus ``task`` (``"classify"`` or ``"detect"``), ``checkpoint``, ``data``, ``split``,

@@ -328,13 +328,16 @@ class CocoEvaluator:
         return plot_pr_curves(self.metrics if self.metrics is not None else self.compute(), path)
 
 
-def plot_pr_curves(metrics: CocoMetrics, path: str | os.PathLike, max_legend: int = 20) -> Path:
+def plot_pr_curves(
+    metrics: CocoMetrics, path: str | os.PathLike, max_legend: int = 20, class_name: str | None = None
+) -> Path:
     """Plot precision against recall at IoU 0.5 for every class with ground truth, and their mean; save a PNG.
 
     Args:
         metrics: from :meth:`CocoEvaluator.compute`.
         path: output ``.png``; written atomically (temporary file in the same folder, then renamed).
         max_legend: classes named in the legend at most (the mean curve is always named).
+        class_name: plot this class alone (no mean curve); it must be one of ``metrics.pr_curves``.
 
     Returns:
         The written path.
@@ -346,17 +349,21 @@ def plot_pr_curves(metrics: CocoMetrics, path: str | os.PathLike, max_legend: in
     fig = Figure(figsize=(7, 6), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     r = metrics.recall_thresholds
-    curves = {k: v for k, v in metrics.pr_curves.items() if (v > -1).any()}
+    if class_name is not None and class_name not in metrics.pr_curves:
+        raise ValueError(f"class_name: {class_name!r} is not one of {list(metrics.pr_curves)}")
+    selected = metrics.pr_curves if class_name is None else {class_name: metrics.pr_curves[class_name]}
+    curves = {k: v for k, v in selected.items() if (v > -1).any()}
     show_legend = len(curves) <= max_legend
     for name, p in curves.items():
         ap50 = metrics.per_class_ap50.get(name, math.nan)
         ax.plot(r, np.clip(p, 0, None), linewidth=1, label=f"{name} {ap50:.3f}" if show_legend else None)
-    if curves:
+    if curves and class_name is None:
         mean = np.mean(np.stack([np.clip(p, 0, None) for p in curves.values()]), axis=0)
         ax.plot(r, mean, color="black", linewidth=2.5, label=f"all classes mAP@0.5 {metrics.map50:.3f}")
     else:
         ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall, IoU 0.5")
+    title = "Precision-recall, IoU 0.5" + ("" if class_name is None else f": {class_name}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="lower left", fontsize="small")

@@ -264,10 +264,11 @@ class ResNetSSD(SingleShotDetector):
     """SSD on a torchvision ResNet: levels from layer3 (stride 16), layer4 (stride 32) and extra blocks.
 
     With the default 4 extra blocks there are 6 levels of strides 16, 32, 64, 128, 256, 512; e.g. 20, 10, 5,
-    3, 2, 1 cells per side at 320 px (a 1-cell level stays 1 cell). ``first_level="layer2"`` adds layer2's
-    stride-8 map as a finer first level (as SSD300's stride-8 conv4_3): small inputs, small objects. Any input size works; multiples of 32
-    keep the grid aligned with the anchors. Default boxes come from :class:`detkit.ops.DefaultBoxGenerator`
-    (cached per feature shapes / image size), so their sizes are fractions of the input's width and height.
+    3, 2, 1 cells per side at 320 px (a 1-cell level stays 1 cell). ``first_level="layer2"`` adds
+    layer2's stride-8 map as a finer first level (as SSD300's stride-8 conv4_3): small inputs, small objects.
+    Any input size works; multiples of 32 keep the grid aligned with the anchors. Default boxes come from
+    :class:`detkit.ops.DefaultBoxGenerator` (cached per feature shapes / image size), so their sizes are
+    fractions of the input's width and height.
 
     Args:
         backbone: a torchvision ``ResNet`` (its ``fc``/``avgpool`` are not used); modules are taken, not copied.

@@ -185,6 +185,7 @@ def test_overfit_few_images_through_trainer(shapes_root, tmp_path, one_thread):
     assert set(final["val_per_class_ap"]) == set(train.classes)
     for name in ("best.pt", "last.pt", "metrics.json", "pr_curves.png", "val_predictions.png"):
         assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "pr_curves").iterdir()) == sorted(f"{c}.png" for c in train.classes)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["epochs"][-1]["val_map50"] == pytest.approx(final["val_map50"])
     ckpt = load_checkpoint(out / "best.pt")

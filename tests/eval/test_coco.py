@@ -184,3 +184,8 @@ def test_plot_pr_curves_writes_a_png_atomically(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["pr.png"]  # no temporary file left behind
     assert plot_pr_curves(ev.metrics, tmp_path / "again.png").exists()
+    name = next(iter(ev.metrics.pr_curves))
+    one = plot_pr_curves(ev.metrics, tmp_path / "one.png", class_name=name)
+    assert one.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and one.read_bytes() != path.read_bytes()
+    with pytest.raises(ValueError, match="class_name"):
+        plot_pr_curves(ev.metrics, tmp_path / "none.png", class_name="no such class")
