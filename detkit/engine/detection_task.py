@@ -19,6 +19,7 @@ from detkit.data.det_transforms import DetectionAugment, build_detection_transfo
 from detkit.data.detection import DetectionDataset, detection_collate
 from detkit.engine.distributed import all_gather_objects, all_reduce_sum, unwrap_model
 from detkit.engine.tasks import Evaluator, Task
+from detkit.models.ssd import FIRST_LEVELS, RESNET_SSD_ARCHS
 
 __all__ = ["DetectConfig", "DetectionEvaluator", "DetectionSplit", "DetectionTask", "detector_kwargs"]
 
@@ -55,8 +56,8 @@ class DetectConfig:
         for name in ("max_det", "topk_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"detect.{name}: expected an integer >= 1, got {getattr(self, name)}")
-        if self.first_level not in ("layer2", "layer3"):
-            raise ValueError(f"detect.first_level: expected layer2 or layer3, got {self.first_level!r}")
+        if self.first_level not in FIRST_LEVELS:
+            raise ValueError(f"detect.first_level: expected one of {FIRST_LEVELS}, got {self.first_level!r}")
         if self.grid_images < 0:
             raise ValueError(f"detect.grid_images: expected >= 0, got {self.grid_images}")
 
@@ -75,7 +76,7 @@ def detector_kwargs(name: str, detect: dict[str, Any]) -> dict[str, Any]:
         return {}
     kwargs = {k: detect[k] for k in ("cls_loss", "box_loss", "neg_pos_ratio", "box_weight") if k in detect}
     first_level = detect.get("first_level", "layer3")
-    if name.startswith("resnet"):
+    if name.removesuffix("_ssd") in RESNET_SSD_ARCHS:
         kwargs["first_level"] = first_level
     elif first_level != "layer3":
         raise ValueError(f"detect.first_level: only ResNet-SSDs have a layer2 level, not {name}; leave it at layer3")

@@ -357,11 +357,11 @@ def plot_pr_curves(
     for name, p in curves.items():
         ap50 = metrics.per_class_ap50.get(name, math.nan)
         ax.plot(r, np.clip(p, 0, None), linewidth=1, label=f"{name} {ap50:.3f}" if show_legend else None)
-    if curves and class_name is None:
+    if not curves:
+        ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
+    elif class_name is None:
         mean = np.mean(np.stack([np.clip(p, 0, None) for p in curves.values()]), axis=0)
         ax.plot(r, mean, color="black", linewidth=2.5, label=f"all classes mAP@0.5 {metrics.map50:.3f}")
-    else:
-        ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
     title = "Precision-recall, IoU 0.5" + ("" if class_name is None else f": {class_name}")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(True, alpha=0.3)
