@@ -9,14 +9,14 @@ import argparse
 import sys
 from typing import Callable
 
+from detkit.errors import USER_ERRORS, one_line
+
 
 def run_cli(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run ``main(args)``; a user error (bad config, missing file, unavailable weights, ...) prints one line, returns 2.
 
-    Errors outside ``detkit.engine.experiment.USER_ERRORS`` are bugs and keep their traceback.
+    Errors outside :data:`detkit.errors.USER_ERRORS` are bugs and keep their traceback.
     """
-    from detkit.engine.experiment import USER_ERRORS, one_line  # heavy (torch): only once arguments parsed
-
     try:
         return main(args)
     except USER_ERRORS as err:

@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from detkit.engine.distributed import resolve_device
-    from detkit.engine.predict import Predictor, run_detection
+    from detkit.infer import Predictor, run_detection
 
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if (args.checkpoint is None) == (args.model is None):

@@ -92,7 +92,7 @@ def format_report(metrics: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkit.engine.experiment import evaluate_checkpoint
+    from detkit.engine.evaluation import evaluate_checkpoint
 
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, device=args.device,

@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detkit.config import TASKS  # noqa: E402  (light: no torch)
+
 # flag name -> dotted config key
 FLAG_KEYS = {
     "task": "task",
@@ -42,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. optim.lr=0.01")
-    parser.add_argument("--task", choices=["classify", "detect"], help="task: classify (ImageFolder) or detect (COCO layout)")
+    parser.add_argument("--task", choices=TASKS, help="task: classify (ImageFolder) or detect (COCO layout)")
     parser.add_argument("--data", help="dataset root with train/ and val/ class folders (data.root)")
     parser.add_argument("--model", help="architecture, e.g. resnet18 or timm:resnet10t (model.name)")
     parser.add_argument("--weights", help="auto, imagenet, none or a weights file path (model.weights)")

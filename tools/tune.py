@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from detkit.config import load_config, parse_grid
-    from detkit.engine.experiment import tune
+    from detkit.engine.tune import tune
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

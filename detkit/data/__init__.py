@@ -9,8 +9,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for IDEs and type checkers; at run time __getattr__ below imports on demand
-    from detkit.data.classification import ImageFolderDataset, find_classes, image_to_tensor
-    from detkit.data.det_synthetic import DET_CLASSES, draw_detection_image, make_shapes_detection
+    from detkit.data.classification import (
+        ImageFolderDataset,
+        find_classes,
+        image_to_tensor,
+    )
+    from detkit.data.det_synthetic import (
+        DET_CLASSES,
+        draw_detection_image,
+        make_shapes_detection,
+    )
     from detkit.data.det_transforms import (
         DetectionAugment,
         EvalDetectionTransform,
@@ -20,12 +28,36 @@ if TYPE_CHECKING:  # for IDEs and type checkers; at run time __getattr__ below i
         resize_params,
         unletterbox_boxes,
     )
-    from detkit.data.detection import DetectionDataset, ValidationSummary, detection_collate, validate_coco
-    from detkit.data.formats import FORMATS, convert_dataset, read_dataset, write_dataset
-    from detkit.data.images import IMAGE_EXTENSIONS, DatasetError, is_image_file, read_image, scan_images, write_image
+    from detkit.data.detection import (
+        DetectionDataset,
+        ValidationSummary,
+        detection_collate,
+        validate_coco,
+    )
+    from detkit.data.formats import (
+        FORMATS,
+        convert_dataset,
+        read_dataset,
+        write_dataset,
+    )
+    from detkit.data.images import (
+        IMAGE_EXTENSIONS,
+        DatasetError,
+        is_image_file,
+        read_image,
+        scan_images,
+        write_image,
+    )
     from detkit.data.stats import compute_mean_std
-    from detkit.data.synthetic import SHAPES, make_shape_image, make_shapes_classification
-    from detkit.data.transforms import ClassificationAugment, build_classification_transforms
+    from detkit.data.synthetic import (
+        SHAPES,
+        make_shape_image,
+        make_shapes_classification,
+    )
+    from detkit.data.transforms import (
+        ClassificationAugment,
+        build_classification_transforms,
+    )
 
 _EXPORTS = {
     "ImageFolderDataset": "classification",

@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from detkit.data.images import IMAGE_EXTENSIONS, DatasetError, is_image_file, read_image, scan_images
+from detkit.data.images import IMAGE_EXTENSIONS, is_image_file, read_image, scan_images
+from detkit.data.seeding import SeededTransform
+from detkit.errors import DatasetError
 
 __all__ = ["ImageFolderDataset", "find_classes", "image_to_tensor"]
 
@@ -53,7 +55,7 @@ def image_to_tensor(image: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(SeededTransform, Dataset):
     """Classification samples from ``ROOT/<split>/<class>/<files>`` (sub-folders of a class are included).
 
     Files with an extension in :data:`~detkit.data.images.IMAGE_EXTENSIONS` are samples; hidden files
@@ -131,7 +133,6 @@ class ImageFolderDataset(Dataset):
             _check_no_empty_class(self.split_dir, folders, self.class_to_idx, candidates, "readable image")
         self.samples: list[tuple[Path, int]] = candidates
         self.targets: list[int] = [t for _, t in candidates]
-        self._seeded_worker: int | None = None
 
     def _list_files(self, folders: list[str]) -> tuple[list[tuple[Path, int]], list[Path]]:
         samples: list[tuple[Path, int]] = []
@@ -174,22 +175,6 @@ class ImageFolderDataset(Dataset):
                 continue
             return self._apply_transform(image, path), label, str(path)
         raise DatasetError(f"no sample of {self.split_dir} could be read at load time (all {n} failed)")
-
-    def reseed_transform(self, seed: int) -> None:
-        """Seed the transform's own random state (albumentations ``Compose`` keeps one, ignoring global seeds).
-
-        DataLoader workers are reseeded automatically from their per-epoch worker seed, so forked workers do
-        not repeat each other's augmentations; call this at each epoch start for reproducible augmentations
-        when loading in the main process (``num_workers=0``).
-        """
-        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(seed) % 2**32)
-
-    def _reseed_in_worker(self) -> None:
-        info = get_worker_info()
-        if info is not None and self._seeded_worker != info.seed:
-            self._seeded_worker = info.seed
-            self.reseed_transform(info.seed)
 
     def _apply_transform(self, image: np.ndarray, path: Path) -> Tensor:
         if self.transform is None:

@@ -6,10 +6,8 @@ Drawing reuses :mod:`detkit.data.synthetic`; an instance map makes each box tigh
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,15 +21,17 @@ import numpy as np
 from detkit.data.images import default_workers, write_image
 from detkit.data.synthetic import (
     GENERATOR_VERSION,
-    SHAPES,
     ShapeSpec,
     add_sensor_noise,
+    check_shape_classes,
+    clear_previous_set,
     draw_shape,
     random_shape,
     read_meta,
     render_background,
+    write_meta,
 )
-from detkit.io import atomic_write_text
+from detkit.io import atomic_write_json
 
 __all__ = [
     "DET_CLASSES",
@@ -71,14 +71,6 @@ class SyntheticDetectionImage:
     num_hidden: int
 
 
-def _check_classes(classes: Sequence[str]) -> list[str]:
-    classes = [classes] if isinstance(classes, str) else list(classes)
-    unknown = [c for c in classes if c not in SHAPES]
-    if unknown or not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes}")
-    return classes
-
-
 def shape_categories(
     classes: Sequence[str] = DET_CLASSES, category_ids: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
@@ -89,7 +81,7 @@ def shape_categories(
         category_ids: one distinct positive id per class (e.g. ``(3, 7, 11, 20)`` to test that ids are kept
             end to end); ``None`` gives ``1..C``.
     """
-    classes = _check_classes(classes)
+    classes = check_shape_classes(classes, min_classes=1)
     ids = list(range(1, len(classes) + 1)) if category_ids is None else [int(i) for i in category_ids]
     if len(ids) != len(classes) or len(set(ids)) != len(ids) or min(ids) < 1:
         raise ValueError(
@@ -182,7 +174,7 @@ def draw_detection_image(
         overlap_prob: probability that a shape is placed over an earlier one.
         size_range: shape diameter as a fraction of ``min(height, width)``.
     """
-    classes = _check_classes(classes)
+    classes = check_shape_classes(classes, min_classes=1)
     if height < 32 or width < 32:
         raise ValueError(f"height and width must be at least 32 pixels, got {height}x{width}")
     if not 1 <= max_shapes <= 255:
@@ -213,31 +205,6 @@ def draw_detection_image(
         areas=areas,
         num_hidden=len(specs) - len(boxes),
     )
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(json.dumps(obj, separators=(",", ":")) + "\n", path)
-
-
-def _clear_previous(out: Path, existing: dict | None, overwrite: bool) -> None:
-    """Make ``out`` ready for a fresh set, refusing to delete anything this generator did not write."""
-    present = [out / s for s in _SPLITS if (out / s).exists()]
-    if existing is None and not present:
-        return
-    if existing is None or existing.get("generator") != _GENERATOR:
-        raise FileExistsError(
-            f"{out} already holds {', '.join(p.name for p in present) or 'meta.json'} not written by the shapes "
-            "detection generator; choose another output folder or delete it"
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"{out} holds a shapes detection set with other settings (seed {existing.get('seed')}, "
-            f"splits {existing.get('splits')}, version {existing.get('version')}"
-            f"{'' if existing.get('complete') else ', incomplete'}); pass overwrite=True (--overwrite) to replace it"
-        )
-    for path in present:
-        shutil.rmtree(path)
-    (out / "meta.json").unlink(missing_ok=True)
 
 
 def make_shapes_detection(
@@ -288,6 +255,38 @@ def make_shapes_detection(
         ValueError: bad counts, sizes, seed, classes or ext.
         FileExistsError: ``out`` holds another set and ``overwrite`` is False, or files this generator did not write.
     """
+    meta = _detection_meta(n_train, n_val, min_size, max_size, seed, classes, category_ids, max_shapes, empty_prob,
+                           min_visible, ext)
+    out = Path(out)
+    existing = read_meta(out)
+    if existing is not None and existing.get("complete") and all(existing.get(k) == v for k, v in meta.items()):
+        logger.info("%s already holds this shapes detection set (seed %d); nothing to do", out, seed)
+        return existing, False
+    clear_previous_set(out, existing, overwrite, generator=_GENERATOR, what="shapes detection set", entries=_SPLITS,
+                       settings=("seed", "splits"))
+
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    write_meta(out, {**meta, "complete": False})
+    first_id, ann_id = 1, 1
+    meta["annotations"], meta["counts"] = {}, {}
+    workers = default_workers() if workers is None else max(1, workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for split, n in meta["splits"].items():
+            ann_path, counts, ann_id = _write_split(pool, out / split, range(first_id, first_id + n), ann_id, meta)
+            first_id += n
+            meta["annotations"][split] = str(ann_path)
+            meta["counts"][split] = counts
+    meta["complete"] = True
+    write_meta(out, meta)
+    logger.info("wrote the shapes detection set to %s in %.1f s", out, time.perf_counter() - start)
+    return meta, True
+
+
+def _detection_meta(n_train: int, n_val: int, min_size: int, max_size: int, seed: int, classes: Sequence[str],
+                    category_ids: Sequence[int] | None, max_shapes: int, empty_prob: float, min_visible: float,
+                    ext: str) -> dict[str, Any]:
+    """Validate the arguments of :func:`make_shapes_detection` and describe the set they ask for."""
     for name, v in (("n_train", n_train), ("n_val", n_val), ("seed", seed), ("min_size", min_size), ("max_size", max_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative int, got {v!r}")
@@ -303,10 +302,7 @@ def make_shapes_detection(
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {v!r}")
     categories = shape_categories(classes, category_ids)
-    classes = [c["name"] for c in categories]
-    out = Path(out)
-    splits = {s: n for s, n in (("train", n_train), ("val", n_val)) if n > 0}
-    meta: dict[str, Any] = {
+    return {
         "generator": _GENERATOR,
         "dataset": "shapes",
         "task": "detect",
@@ -314,75 +310,53 @@ def make_shapes_detection(
         "seed": seed,
         "min_size": min_size,
         "max_size": max_size,
-        "classes": classes,
+        "classes": [c["name"] for c in categories],
         "category_ids": [c["id"] for c in categories],
         "max_shapes": max_shapes,
         "empty_prob": empty_prob,
         "min_visible": min_visible,
         "ext": ext,
-        "splits": splits,
+        "splits": {s: n for s, n in (("train", n_train), ("val", n_val)) if n > 0},
     }
-    existing = read_meta(out)
-    if existing is not None and existing.get("complete") and all(existing.get(k) == v for k, v in meta.items()):
-        logger.info("%s already holds this shapes detection set (seed %d); nothing to do", out, seed)
-        return existing, False
-    _clear_previous(out, existing, overwrite)
 
-    start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "meta.json", {**meta, "complete": False})
 
-    def make(image_id: int, split_dir: Path) -> tuple[dict[str, Any], SyntheticDetectionImage]:
+def _write_split(pool: ThreadPoolExecutor, split_dir: Path, ids: range, ann_id: int, meta: dict[str, Any]
+                 ) -> tuple[Path, dict[str, int], int]:
+    """Draw and write the images ``ids`` of one split and its ``annotations.json``.
+
+    Returns:
+        ``(annotation file, counts, next annotation id)``.
+    """
+    seed, classes = meta["seed"], meta["classes"]
+    categories = shape_categories(classes, meta["category_ids"])
+
+    def make(image_id: int) -> tuple[dict[str, Any], SyntheticDetectionImage]:
         rng = np.random.default_rng([seed, image_id])
-        h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-        sample = draw_detection_image(
-            rng, h, w, classes=classes, max_shapes=max_shapes, empty_prob=empty_prob, min_visible=min_visible
-        )
-        name = f"{image_id:06d}{ext}"
+        h, w = (int(v) for v in rng.integers(meta["min_size"], meta["max_size"] + 1, size=2))
+        sample = draw_detection_image(rng, h, w, classes=classes, max_shapes=meta["max_shapes"],
+                                      empty_prob=meta["empty_prob"], min_visible=meta["min_visible"])
+        name = f"{image_id:06d}{meta['ext']}"
         write_image(split_dir / name, sample.image)
         return {"id": image_id, "file_name": name, "width": w, "height": h}, sample
 
-    first_id, ann_id = 1, 1
-    meta["annotations"], meta["counts"] = {}, {}
-    workers = default_workers() if workers is None else max(1, workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for split, n in splits.items():
-            split_dir = out / split
-            split_dir.mkdir(parents=True, exist_ok=True)
-            ids = range(first_id, first_id + n)
-            first_id += n
-            images, annotations, hidden = [], [], 0
-            for info, sample in pool.map(lambda i, d=split_dir: make(i, d), ids):
-                images.append(info)
-                hidden += sample.num_hidden
-                for box, label, area in zip(sample.boxes.tolist(), sample.labels.tolist(), sample.areas.tolist()):
-                    x1, y1, x2, y2 = box
-                    annotations.append(
-                        {
-                            "id": ann_id,
-                            "image_id": info["id"],
-                            "category_id": categories[label]["id"],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "area": area,
-                            "iscrowd": 0,
-                        }
-                    )
-                    ann_id += 1
-            coco = {
-                "info": {"description": f"detkit shapes detection set, {split} split, seed {seed}"},
-                "images": images,
-                "annotations": annotations,
-                "categories": categories,
-            }
-            _write_json(split_dir / "annotations.json", coco)
-            empty = len(images) - len({a["image_id"] for a in annotations})
-            meta["annotations"][split] = str(split_dir / "annotations.json")
-            meta["counts"][split] = {"images": len(images), "negatives": empty, "boxes": len(annotations), "hidden": hidden}
-            logger.info(
-                "%s: %d images (%d without objects), %d boxes, %d shapes hidden by occlusion",
-                split_dir, len(images), empty, len(annotations), hidden,
-            )  # fmt: skip
-    meta["complete"] = True
-    _write_json(out / "meta.json", meta)
-    logger.info("wrote the shapes detection set to %s in %.1f s", out, time.perf_counter() - start)
-    return meta, True
+    split_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations, hidden = [], [], 0
+    for info, sample in pool.map(make, ids):
+        images.append(info)
+        hidden += sample.num_hidden
+        for box, label, area in zip(sample.boxes.tolist(), sample.labels.tolist(), sample.areas.tolist()):
+            x1, y1, x2, y2 = box
+            annotations.append({"id": ann_id, "image_id": info["id"], "category_id": categories[label]["id"],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": 0})
+            ann_id += 1
+    coco = {
+        "info": {"description": f"detkit shapes detection set, {split_dir.name} split, seed {seed}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    ann_path = atomic_write_json(split_dir / "annotations.json", coco, compact=True)
+    empty = len(images) - len({a["image_id"] for a in annotations})
+    logger.info("%s: %d images (%d without objects), %d boxes, %d shapes hidden by occlusion",
+                split_dir, len(images), empty, len(annotations), hidden)
+    return ann_path, {"images": len(images), "negatives": empty, "boxes": len(annotations), "hidden": hidden}, ann_id

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import albumentations as A
@@ -16,6 +15,9 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
+
+from detkit.config.augment import DetectionAugment
+from detkit.config.sections import RESIZE_MODES
 
 __all__ = [
     "DetectionAugment",
@@ -34,7 +36,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("letterbox", "resize")
 
 
 class LetterboxParams(NamedTuple):
@@ -241,43 +242,6 @@ def resize_image(image: np.ndarray, size: int) -> tuple[np.ndarray, LetterboxPar
         if out.ndim == 2 and image.ndim == 3:
             out = out[:, :, None]
     return out, params
-
-
-@dataclass
-class DetectionAugment:
-    """Training-time augmentation for detection; every probability 0 turns its step off."""
-
-    crop_p: float = 0.5  # probability of a box-safe random crop (keeps every box whole), resized to the square
-    crop_erosion: float = 0.0  # fraction of the union of boxes the safe crop may cut away (0 = never cut a box)
-    scale_p: float = 0.5  # probability of a zoom (scale jitter) with a shift on the letterboxed square
-    scale_range: tuple[float, float] = (0.75, 1.25)  # zoom factors; < 1 shrinks (adds padding), > 1 enlarges
-    translate: float = 0.1  # largest shift with the zoom, as a fraction of the side
-    hflip_p: float = 0.5  # probability of a horizontal flip
-    vflip_p: float = 0.0  # probability of a vertical flip
-    color_p: float = 0.8  # probability of colour jitter
-    brightness: float = 0.2  # colour jitter: brightness factor range 1 ± brightness
-    contrast: float = 0.2  # colour jitter: contrast factor range 1 ± contrast
-    saturation: float = 0.2  # colour jitter: saturation factor range 1 ± saturation
-    hue: float = 0.02  # colour jitter: hue shift range ± hue (fraction of the colour circle)
-    min_visibility: float = 0.3  # a box keeping less than this fraction of its area after cropping is dropped
-    min_area: float = 4.0  # a box smaller than this many output pixels² after the transform is dropped
-    fill: int = 114  # grey level of letterbox padding and of areas uncovered by the zoom
-
-    def __post_init__(self) -> None:
-        for name in ("crop_p", "scale_p", "hflip_p", "vflip_p", "color_p", "min_visibility", "crop_erosion"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"DetectionAugment.{name} must be in [0, 1], got {value}")
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(
-                f"DetectionAugment.scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}"
-            )
-        for name in ("translate", "brightness", "contrast", "saturation", "min_area"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DetectionAugment.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"DetectionAugment.hue must be in [0, 0.5], got {self.hue}")
 
 
 def _normalize_to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[A.BasicTransform]:

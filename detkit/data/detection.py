@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from detkit.data.classification import image_to_tensor
-from detkit.data.images import DatasetError, read_image, scan_images
+from detkit.data.images import read_image, scan_images
+from detkit.data.seeding import SeededTransform
+from detkit.errors import DatasetError
 
 __all__ = [
     "DetectionDataset",
@@ -146,61 +148,81 @@ class _Checked:
 
 def _check_structure(coco: dict[str, Any], images_dir: Path, check_files: bool, source: str) -> _Checked:
     """Collect every structural problem (unknown ids, missing files, malformed entries) into one error."""
-    problems: list[str] = []
-    cats, bad_cats = [], []
-    for c in coco["categories"]:
+    cats, problems = _check_categories(coco["categories"])
+    images, image_problems = _check_images(coco["images"], images_dir, check_files)
+    anns_by_image, ann_problems = _check_annotations(coco["annotations"], {c["id"] for c in cats},
+                                                     {i["id"] for i in images})
+    problems += image_problems + ann_problems
+    if problems:
+        raise DatasetError(f"invalid detection annotations in {source}:\n  " + "\n  ".join(problems))
+    return _Checked(sorted(cats, key=lambda c: c["id"]), images, anns_by_image)
+
+
+def _check_categories(entries: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``[{"id", "name"}]`` of the well-formed categories, and the problems found."""
+    cats, bad = [], []
+    for c in entries:
         cid = _as_int(c.get("id")) if isinstance(c, dict) else None
         if cid is None or not isinstance(c.get("name"), str):
-            bad_cats.append(repr(c)[:80])
+            bad.append(repr(c)[:80])
         else:
             cats.append({"id": cid, "name": c["name"]})
-    dup_cats = [str(k) for k, n in Counter(c["id"] for c in cats).items() if n > 1]
-    if bad_cats:
-        problems.append(_listing("categories without an integer 'id' and a 'name'", bad_cats))
-    if dup_cats:
-        problems.append(_listing("duplicate category ids", dup_cats))
-    if not cats and not bad_cats:
+    problems = []
+    if bad:
+        problems.append(_listing("categories without an integer 'id' and a 'name'", bad))
+    duplicates = [str(k) for k, n in Counter(c["id"] for c in cats).items() if n > 1]
+    if duplicates:
+        problems.append(_listing("duplicate category ids", duplicates))
+    if not cats and not bad:
         problems.append("no categories ('categories' is empty)")
+    return cats, problems
 
-    images, bad_images, missing = [], [], []
-    for img in coco["images"]:
+
+def _check_images(entries: list[Any], images_dir: Path, check_files: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """The well-formed image entries (``id``, ``file_name``, ``path``, sizes when given), and the problems."""
+    images, bad, missing = [], [], []
+    for img in entries:
         iid = _as_int(img.get("id")) if isinstance(img, dict) else None
         name = img.get("file_name") if isinstance(img, dict) else None
         if iid is None or not isinstance(name, str) or not name:
-            bad_images.append(repr(img)[:80])
+            bad.append(repr(img)[:80])
             continue
         entry = {"id": iid, "file_name": name, "path": images_dir / name}
         for key in ("width", "height"):
             if key in img:
                 v = _as_int(img[key])
                 if v is None or v < 1:
-                    bad_images.append(f"image {iid} ({name}) has {key}={img[key]!r}")
+                    bad.append(f"image {iid} ({name}) has {key}={img[key]!r}")
                 entry[key] = v
         if check_files and not entry["path"].is_file():
             missing.append(f"image {iid}: {entry['path']}")
         images.append(entry)
-    dup_images = [str(k) for k, n in Counter(i["id"] for i in images).items() if n > 1]
-    if bad_images:
-        problems.append(_listing("malformed image entries (need integer 'id', 'file_name', positive sizes)", bad_images))
-    if dup_images:
-        problems.append(_listing("duplicate image ids", dup_images))
+    problems = []
+    if bad:
+        problems.append(_listing("malformed image entries (need integer 'id', 'file_name', positive sizes)", bad))
+    duplicates = [str(k) for k, n in Counter(i["id"] for i in images).items() if n > 1]
+    if duplicates:
+        problems.append(_listing("duplicate image ids", duplicates))
     if missing:
         problems.append(_listing(f"image files missing under {images_dir}", missing))
+    return images, problems
 
-    cat_ids = {c["id"] for c in cats}
-    image_ids = {i["id"] for i in images}
+
+def _check_annotations(entries: list[Any], cat_ids: set[int], image_ids: set[int]
+                       ) -> tuple[dict[int, list[dict[str, Any]]], list[str]]:
+    """The well-formed annotations of known categories and images, by image id, and the problems."""
     anns_by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in image_ids}
-    unknown_cat, unknown_img, bad_anns = [], [], []
-    for a in coco["annotations"]:
+    unknown_cat, unknown_img, bad = [], [], []
+    for a in entries:
         if not isinstance(a, dict):
-            bad_anns.append(repr(a)[:80])
+            bad.append(repr(a)[:80])
             continue
         aid = a.get("id", "?")
         bbox = a.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox
         ):
-            bad_anns.append(f"annotation {aid} has bbox={bbox!r} (expected [x, y, w, h])")
+            bad.append(f"annotation {aid} has bbox={bbox!r} (expected [x, y, w, h])")
             continue
         cid, iid = _as_int(a.get("category_id")), _as_int(a.get("image_id"))
         if cid not in cat_ids:
@@ -209,15 +231,14 @@ def _check_structure(coco: dict[str, Any], images_dir: Path, check_files: bool, 
             unknown_img.append(f"annotation {aid}: image_id={a.get('image_id')!r}")
         if cid in cat_ids and iid in image_ids:
             anns_by_image[iid].append(a)
-    if bad_anns:
-        problems.append(_listing("malformed annotations", bad_anns))
+    problems = []
+    if bad:
+        problems.append(_listing("malformed annotations", bad))
     if unknown_cat:
         problems.append(_listing(f"annotations with unknown category ids (known: {sorted(cat_ids)})", unknown_cat))
     if unknown_img:
         problems.append(_listing("annotations naming images that are not listed", unknown_img))
-    if problems:
-        raise DatasetError(f"invalid detection annotations in {source}:\n  " + "\n  ".join(problems))
-    return _Checked(sorted(cats, key=lambda c: c["id"]), images, anns_by_image)
+    return anns_by_image, problems
 
 
 def _clean_box(bbox: Sequence[float], width: int, height: int) -> tuple[list[float] | None, bool]:
@@ -271,81 +292,100 @@ def validate_coco(
     checked = _check_structure(coco, images_dir, check_files, source)
     summary = ValidationSummary(annotation_file=source, num_images=len(checked.images))
     summary.num_annotations = sum(len(v) for v in checked.anns_by_image.values())
-
-    bad: dict[Path, str] = {}
-    if check_files:
-        _, bad_list = scan_images([i["path"] for i in checked.images], workers=scan_workers)
-        bad = dict(bad_list)
-    for img in checked.images:
-        if img["path"] in bad or ("width" in img and "height" in img):
-            continue
-        # Sizes are needed to clip boxes; read them when the file does not give them.
-        try:
-            h, w = read_image(img["path"]).shape[:2]
-        except DatasetError as err:
-            bad[img["path"]] = str(err)
-            continue
-        img["width"], img["height"] = int(w), int(h)
+    bad = _unreadable_images(checked.images, check_files, scan_workers)
 
     cat_id_to_label = {c["id"]: i for i, c in enumerate(checked.categories)}
-    names = [c["name"] for c in checked.categories]
     per_cat: Counter[int] = Counter()
     records, clean_images, clean_anns = [], [], []
     for img in checked.images:
         if img["path"] in bad:
             summary.skipped.append((str(img["path"]), bad[img["path"]]))
             continue
-        w, h = img["width"], img["height"]
-        boxes, labels, crowd = [], [], []
-        for a in checked.anns_by_image[img["id"]]:
-            box, clipped = _clean_box(a["bbox"], w, h)
-            summary.num_clipped += int(clipped and box is not None)
-            if box is None:
-                summary.num_degenerate += 1
-                continue
-            is_crowd = bool(a.get("iscrowd", 0))
-            x1, y1, x2, y2 = box
-            area = a.get("area")
-            if not isinstance(area, (int, float)) or isinstance(area, bool) or not area > 0:
-                area = (x2 - x1) * (y2 - y1)
-            clean = dict(a, bbox=[x1, y1, x2 - x1, y2 - y1], area=float(area), iscrowd=int(is_crowd))
-            clean["image_id"], clean["category_id"] = img["id"], int(a["category_id"])
-            clean_anns.append(clean)
-            if is_crowd:
-                crowd.append(box)
-                continue
-            label = cat_id_to_label[int(a["category_id"])]
-            boxes.append(box)
-            labels.append(label)
-            per_cat[label] += 1
-        summary.num_boxes += len(boxes)
-        summary.num_crowd += len(crowd)
-        summary.num_negative_images += int(not boxes)
-        records.append(
-            DetectionRecord(
-                image_id=img["id"],
-                path=img["path"],
-                height=h,
-                width=w,
-                boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                labels=np.asarray(labels, dtype=np.int64),
-                crowd_boxes=np.asarray(crowd, dtype=np.float32).reshape(-1, 4),
-            )
-        )
+        record, anns = _clean_image(img, checked.anns_by_image[img["id"]], cat_id_to_label, summary)
+        per_cat.update(record.labels.tolist())
+        records.append(record)
         clean_images.append(_coco_image(img))
+        clean_anns += anns
+    names = [c["name"] for c in checked.categories]
     summary.boxes_per_category = {names[k]: per_cat[k] for k in range(len(names))}
-    # COCOeval indexes ground truth by annotation id: give missing or repeated ids fresh ones.
-    next_id = max([_as_int(a.get("id")) or 0 for a in clean_anns] + [0]) + 1
+    _renumber_annotations(clean_anns)
+    clean = {k: v for k, v in coco.items() if k not in ("images", "annotations", "categories")}
+    clean.update(images=clean_images, annotations=clean_anns, categories=[dict(c) for c in checked.categories])
+    return records, checked.categories, clean, summary
+
+
+def _unreadable_images(images: list[dict[str, Any]], check_files: bool, scan_workers: int | None) -> dict[Path, str]:
+    """``{path: reason}`` of the images that cannot be used; fills in ``width``/``height`` where missing.
+
+    With ``check_files`` every file is decoded once in parallel; sizes are read from the files that do not
+    give them (they are needed to clip boxes).
+    """
+    bad: dict[Path, str] = {}
+    if check_files:
+        _, bad_list = scan_images([i["path"] for i in images], workers=scan_workers)
+        bad = dict(bad_list)
+    for img in images:
+        if img["path"] in bad or ("width" in img and "height" in img):
+            continue
+        try:
+            h, w = read_image(img["path"]).shape[:2]
+        except DatasetError as err:
+            bad[img["path"]] = str(err)
+            continue
+        img["width"], img["height"] = int(w), int(h)
+    return bad
+
+
+def _clean_image(img: dict[str, Any], anns: list[dict[str, Any]], cat_id_to_label: dict[int, int],
+                 summary: ValidationSummary) -> tuple[DetectionRecord, list[dict[str, Any]]]:
+    """One image's record (clipped boxes, labels, crowd regions) and its cleaned COCO annotations; counts go
+    to ``summary``."""
+    w, h = img["width"], img["height"]
+    boxes, labels, crowd, clean_anns = [], [], [], []
+    for a in anns:
+        box, clipped = _clean_box(a["bbox"], w, h)
+        summary.num_clipped += int(clipped and box is not None)
+        if box is None:
+            summary.num_degenerate += 1
+            continue
+        is_crowd = bool(a.get("iscrowd", 0))
+        x1, y1, x2, y2 = box
+        area = a.get("area")
+        if not isinstance(area, (int, float)) or isinstance(area, bool) or not area > 0:
+            area = (x2 - x1) * (y2 - y1)
+        clean = dict(a, bbox=[x1, y1, x2 - x1, y2 - y1], area=float(area), iscrowd=int(is_crowd))
+        clean["image_id"], clean["category_id"] = img["id"], int(a["category_id"])
+        clean_anns.append(clean)
+        if is_crowd:
+            crowd.append(box)
+        else:
+            boxes.append(box)
+            labels.append(cat_id_to_label[int(a["category_id"])])
+    summary.num_boxes += len(boxes)
+    summary.num_crowd += len(crowd)
+    summary.num_negative_images += int(not boxes)
+    record = DetectionRecord(
+        image_id=img["id"],
+        path=img["path"],
+        height=h,
+        width=w,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        crowd_boxes=np.asarray(crowd, dtype=np.float32).reshape(-1, 4),
+    )
+    return record, clean_anns
+
+
+def _renumber_annotations(anns: list[dict[str, Any]]) -> None:
+    """COCOeval indexes ground truth by annotation id: give missing or repeated ids fresh ones, in place."""
+    next_id = max([_as_int(a.get("id")) or 0 for a in anns] + [0]) + 1
     seen: set[int] = set()
-    for a in clean_anns:
+    for a in anns:
         aid = _as_int(a.get("id"))
         if aid is None or aid in seen:
             aid, next_id = next_id, next_id + 1
         a["id"] = aid
         seen.add(aid)
-    clean = {k: v for k, v in coco.items() if k not in ("images", "annotations", "categories")}
-    clean.update(images=clean_images, annotations=clean_anns, categories=[dict(c) for c in checked.categories])
-    return records, checked.categories, clean, summary
 
 
 def _coco_image(img: dict[str, Any]) -> dict[str, Any]:
@@ -353,7 +393,7 @@ def _coco_image(img: dict[str, Any]) -> dict[str, Any]:
     return {"id": img["id"], "file_name": img["file_name"], "width": img["width"], "height": img["height"]}
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(SeededTransform, Dataset):
     """Detection samples from COCO instances annotations (``torchvision.datasets.CocoDetection``-like).
 
     Layouts:
@@ -421,7 +461,6 @@ class DetectionDataset(Dataset):
         self.cat_id_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
         self.coco = clean
         self.summary = summary
-        self._transform_seed: int | None = None
         logger.info("%s", summary)
         if summary.skipped:
             logger.warning("%d unreadable images skipped in %s", len(summary.skipped), ann_path)
@@ -458,24 +497,6 @@ class DetectionDataset(Dataset):
                 )
             return record, image
         raise DatasetError(f"none of the {len(self.records)} images of {self.annotation_file} can be read")
-
-    def reseed_transform(self, seed: int) -> None:
-        """Seed the transform's own random state (an albumentations ``Compose`` ignores global seeds).
-
-        DataLoader workers reseed automatically from their per-epoch worker seed, so forked workers do not
-        replay each other's augmentations; call this at each epoch start for reproducible augmentations
-        when loading in the main process (``num_workers=0``).
-        """
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(seed) % 2**32)
-            self._transform_seed = int(seed) % 2**32
-
-    def _reseed_in_worker(self) -> None:
-        # Workers are copies of one process: without this each would replay the same augmentation stream.
-        # torch gives every worker a distinct seed (new each epoch, reproducible under torch.manual_seed).
-        info = get_worker_info()
-        if info is not None and int(info.seed) % 2**32 != self._transform_seed:
-            self.reseed_transform(info.seed)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any], str]:
         """One sample.

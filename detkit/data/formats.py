@@ -158,7 +158,7 @@ def write_coco(
         for img in coco["images"]:
             _copy_image(Path(images_dir) / img["file_name"], out_dir / img["file_name"])
     path = out_dir / "annotations.json"
-    atomic_write_text(json.dumps(coco, separators=(",", ":")), path)
+    atomic_write_text(path, json.dumps(coco, separators=(",", ":")))
     return path
 
 
@@ -288,8 +288,8 @@ def _write_yolo_meta(root: Path, categories: list[dict[str, Any]]) -> None:
     else:
         data.update({"train": "images", "val": "images"})
     data.update({"nc": len(names), "names": dict(enumerate(names)), _YOLO_IDS_KEY: [c["id"] for c in categories]})
-    atomic_write_text("\n".join(names) + "\n", existing)
-    atomic_write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), root / "data.yaml")
+    atomic_write_text(existing, "\n".join(names) + "\n")
+    atomic_write_text(root / "data.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def write_yolo(
@@ -335,7 +335,7 @@ def write_yolo(
         logger.warning("%d iscrowd annotations left out: YOLO txt has no ignore regions", crowd)
     for img in coco["images"]:
         rel = Path(img["file_name"])
-        atomic_write_text("".join(f"{line}\n" for line in lines[img["id"]]), out_labels / rel.with_suffix(".txt"))
+        atomic_write_text(out_labels / rel.with_suffix(".txt"), "".join(f"{line}\n" for line in lines[img["id"]]))
         if copy_images:
             _copy_image(Path(images_dir) / rel, out_images / rel)
     out_images.mkdir(parents=True, exist_ok=True)
@@ -530,12 +530,12 @@ def write_voc(
             f"{clashes[:_MAX_LISTED]} ({len(clashes)} in all)"
         )
     for img, stem in zip(coco["images"], stems):
-        atomic_write_text(_voc_xml(img, objects[img["id"]]), ann_dir / f"{stem}.xml")
+        atomic_write_text(ann_dir / f"{stem}.xml", _voc_xml(img, objects[img["id"]]))
         if copy_images:
             _copy_image(Path(images_dir) / img["file_name"], jpeg_dir / Path(img["file_name"]).name)
     if split:
-        atomic_write_text("".join(f"{s}\n" for s in stems), dst / "ImageSets" / "Main" / f"{split}.txt")
-    atomic_write_text(json.dumps(cats, indent=1) + "\n", cat_file)
+        atomic_write_text(dst / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{s}\n" for s in stems))
+    atomic_write_text(cat_file, json.dumps(cats, indent=1) + "\n")
     jpeg_dir.mkdir(parents=True, exist_ok=True)
     return ann_dir
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detkit.errors import DatasetError
+from detkit.io import atomic_write_bytes
+
 __all__ = [
     "DatasetError",
     "IMAGE_EXTENSIONS",
@@ -30,10 +33,6 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 # In JPEG entropy-coded data 0xFF is followed by 0x00 (byte stuffing), a restart marker 0xD0-0xD7,
 # or more 0xFF fill bytes; any other byte after 0xFF starts a real marker and ends the scan.
 _MARKER_AFTER_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
-
-
-class DatasetError(ValueError):
-    """A dataset or one of its files is unusable; the message names the path and the problem."""
 
 
 class _UnreadableImage(DatasetError):
@@ -218,8 +217,9 @@ def _to_rgb8(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 def write_image(path: str | os.PathLike, image: np.ndarray, png_compression: int = 1) -> Path:
     """Write an RGB image atomically: encode in memory, write a hidden temporary file beside it, rename.
 
-    An interrupted write leaves at most a hidden ``.NAME.tmp`` file (ignored by the datasets), never a
-    truncated image under the final name.
+    An interrupted write leaves at most a hidden ``.NAME.<random>.tmp`` file (ignored by the datasets,
+    removed by :func:`detkit.io.remove_stale_temp_files`), never a truncated image under the final name;
+    a write that fails (a full disk) raises ``OSError`` and keeps any previous file.
 
     Args:
         path: destination; the format follows its extension (one of :data:`IMAGE_EXTENSIONS`).
@@ -239,11 +239,4 @@ def write_image(path: str | os.PathLike, image: np.ndarray, png_compression: int
     ok, encoded = cv2.imencode(path.suffix.lower(), bgr, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode an image of shape {image.shape} as {path.suffix}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        encoded.tofile(os.fspath(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, encoded.tobytes())  # a failed or short write (full disk) raises

@@ -20,13 +20,17 @@ import cv2
 import numpy as np
 
 from detkit.data.images import default_workers, write_image
-from detkit.io import atomic_write_text
+from detkit.io import atomic_write_json, atomic_write_text
 
 __all__ = [
     "SHAPES",
     "CLASSIFICATION_CLASSES",
+    "GENERATOR",
     "GENERATOR_VERSION",
     "ShapeSpec",
+    "check_shape_classes",
+    "clear_previous_set",
+    "write_meta",
     "shape_polygon",
     "random_shape",
     "draw_shape",
@@ -43,6 +47,7 @@ SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "heart")  
 # The default classification classes. Hexagon is left out: at 64 px a regular hexagon differs from a circle by
 # about 1.5 px at its corners, and in a from-scratch ResNet-18 run the circle/hexagon pair made half of all errors.
 CLASSIFICATION_CLASSES = ("circle", "cross", "heart", "square", "star", "triangle")
+GENERATOR = "detkit.data.synthetic"  # recorded in meta.json: the sets this module may replace
 GENERATOR_VERSION = 1  # bump whenever a change alters the pixels a seed produces
 _SPLITS = ("train", "val", "test")
 _SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: 1/16 of a supersampled pixel
@@ -299,11 +304,12 @@ def make_shapes_classification(
         logger.info("%s already holds this shapes set (seed %d, version %d): nothing to do", out, seed, GENERATOR_VERSION)
         return existing, False
     # The same set left unfinished (interrupted, or files deleted) is simply written again.
-    _clear_previous(out, existing, overwrite or same)
+    clear_previous_set(out, existing, overwrite or same, generator=GENERATOR, what="shapes set",
+                       entries=[*_SPLITS, "classes.txt"], settings=("seed", "size", "splits"))
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "meta.json", {**meta, "complete": False})
+    write_meta(out, {**meta, "complete": False})
     jobs = []
     for split, n in splits.items():
         for c in classes:
@@ -324,9 +330,9 @@ def make_shapes_classification(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for _ in pool.map(make, jobs):  # consume the results so worker errors are raised here
                 pass
-    atomic_write_text("".join(f"{c}\n" for c in classes), out / "classes.txt")
+    atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in classes))
     meta["complete"] = True
-    _write_json(out / "meta.json", meta)
+    write_meta(out, meta)
     logger.info("wrote %d shapes images to %s in %.1f s", len(jobs), out, time.perf_counter() - start)
     return meta, True
 
@@ -339,7 +345,7 @@ def _classification_meta(
     for name, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n_{name} must be a non-negative int, got {n!r}")
-    classes = _check_classes(classes)
+    classes = sorted(check_shape_classes(classes))  # label order = ImageFolder's sorted folder order
     if n_train < len(classes) or n_val < len(classes):
         raise ValueError(
             f"n_train and n_val must be at least the number of classes ({len(classes)}), got {n_train} and {n_val}"
@@ -354,7 +360,7 @@ def _classification_meta(
         raise ValueError(f"workers must be a non-negative int or None, got {workers!r}")
     splits = {s: n for s, n in counts.items() if n > 0}
     meta = {
-        "generator": "detkit.data.synthetic",
+        "generator": GENERATOR,
         "dataset": "shapes",
         "task": "classify",
         "version": GENERATOR_VERSION,
@@ -445,12 +451,13 @@ def _contrasting_color(rng: np.random.Generator, under: np.ndarray, tries: int =
     return tuple(int(c) for c in best)
 
 
-def _check_classes(classes: Sequence[str]) -> list[str]:
+def check_shape_classes(classes: Sequence[str], min_classes: int = 2) -> list[str]:
+    """``classes`` as a list of distinct names from :data:`SHAPES` (at least ``min_classes``), else ``ValueError``."""
     classes = [classes] if isinstance(classes, str) else list(classes)
     unknown = [c for c in classes if c not in SHAPES]
-    if unknown or len(classes) < 2 or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be 2 or more distinct names from {SHAPES}, got {classes}")
-    return sorted(classes)  # label order = ImageFolder's sorted folder order
+    if unknown or len(classes) < min_classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be {min_classes} or more distinct names from {SHAPES}, got {classes}")
+    return classes
 
 
 def _image_path(out: Path, split: str, classes: Sequence[str], index: int) -> Path:
@@ -467,22 +474,35 @@ def _same_request(existing: dict, meta: dict) -> bool:
     return all(existing.get(k) == v for k, v in meta.items())
 
 
-def _clear_previous(out: Path, existing: dict | None, overwrite: bool) -> None:
-    """Make ``out`` ready for a fresh set, refusing to delete anything this generator did not write."""
-    present = [out / s for s in _SPLITS if (out / s).exists()]
-    present += [out / f for f in ("classes.txt",) if (out / f).exists()]
+def clear_previous_set(out: Path, existing: dict | None, overwrite: bool, *, generator: str, what: str,
+                       entries: Sequence[str], settings: Sequence[str]) -> None:
+    """Make ``out`` ready for a fresh generated set, refusing to delete anything that generator did not write.
+
+    Args:
+        out: the set's root.
+        existing: its ``meta.json`` (:func:`read_meta`), or None.
+        overwrite: replace a set of the same generator written with other settings.
+        generator: the generator's name as recorded in ``meta.json``.
+        what: the set's name in messages (``shapes set``).
+        entries: the folders and files the generator writes under ``out`` (``meta.json`` besides).
+        settings: ``meta.json`` keys named in the message when another set is found.
+
+    Raises:
+        FileExistsError: ``out`` holds entries of another generator (or of none), or a set with other
+            settings while ``overwrite`` is False.
+    """
+    present = [out / e for e in entries if (out / e).exists()]
     if existing is None and not present:
         return
-    ours = existing is not None and existing.get("generator") == "detkit.data.synthetic"
-    if not ours:
+    if existing is None or existing.get("generator") != generator:
         raise FileExistsError(
-            f"{out} already holds {', '.join(p.name for p in present)} not written by this generator "
-            "(no detkit meta.json); choose another output folder or delete it"
+            f"{out} already holds {', '.join(p.name for p in present) or 'meta.json'} not written by this generator "
+            f"({generator}); choose another output folder or delete it"
         )
     if not overwrite:
+        described = ", ".join(f"{k} {existing.get(k)}" for k in settings)
         raise FileExistsError(
-            f"{out} holds a shapes set with other settings (seed {existing.get('seed')}, size {existing.get('size')}, "
-            f"splits {existing.get('splits')}, version {existing.get('version')}"
+            f"{out} holds a {what} with other settings ({described}, version {existing.get('version')}"
             f"{'' if existing.get('complete') else ', incomplete'}); pass overwrite=True (--overwrite) to replace it"
         )
     for path in present:
@@ -490,5 +510,6 @@ def _clear_previous(out: Path, existing: dict | None, overwrite: bool) -> None:
     (out / "meta.json").unlink(missing_ok=True)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
+def write_meta(out: Path, meta: dict) -> Path:
+    """Write a generated set's ``meta.json`` atomically."""
+    return atomic_write_json(out / "meta.json", meta)

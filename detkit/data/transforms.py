@@ -5,69 +5,15 @@ Both pipelines take an ``ndarray[H, W, 3]`` uint8 RGB image and end with Normali
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from detkit.config.augment import ClassificationAugment
+
 __all__ = ["ClassificationAugment", "build_classification_transforms", "eval_resize_size"]
-
-
-@dataclass
-class ClassificationAugment:
-    """Train-time augmentation options (probabilities ``*_p`` in [0, 1]) and the eval resize ratio.
-
-    The defaults suit fine-tuning on photos: a milder crop than ImageNet's ``scale=(0.08, 1)`` because
-    small datasets often have off-centre objects, a little colour, geometry, blur, noise and dropout.
-    """
-
-    scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop: range of the crop's area as a fraction of the image
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop: range of the crop's aspect ratio (width / height)
-    hflip_p: float = 0.5  # probability of a horizontal flip
-    vflip_p: float = 0.0  # probability of a vertical flip (for aerial/microscopy images; off for photos)
-    color_jitter_p: float = 0.5  # probability of colour jitter
-    brightness: float = 0.3  # colour jitter: brightness factor drawn from [1 - b, 1 + b]
-    contrast: float = 0.3  # colour jitter: contrast factor drawn from [1 - c, 1 + c]
-    saturation: float = 0.3  # colour jitter: saturation factor drawn from [1 - s, 1 + s]
-    hue: float = 0.05  # colour jitter: hue shift drawn from [-h, h], as a fraction of the hue circle (<= 0.5)
-    affine_p: float = 0.3  # probability of a random affine transform (rotation, shear, translation)
-    rotate: float = 15.0  # affine: rotation drawn from [-rotate, rotate] degrees
-    shear: float = 5.0  # affine: shear drawn from [-shear, shear] degrees
-    translate: float = 0.05  # affine: shift drawn from [-t, t] as a fraction of the image size
-    blur_p: float = 0.1  # probability of a Gaussian blur
-    blur_sigma: tuple[float, float] = (0.1, 1.5)  # Gaussian blur: sigma range in pixels
-    noise_p: float = 0.1  # probability of additive Gaussian noise
-    noise_std: tuple[float, float] = (0.02, 0.08)  # Gaussian noise: std range as a fraction of 255
-    dropout_p: float = 0.25  # probability of CoarseDropout (rectangles filled with the mean colour)
-    dropout_holes: tuple[int, int] = (1, 4)  # CoarseDropout: range of the number of rectangles
-    dropout_size: tuple[float, float] = (0.05, 0.2)  # CoarseDropout: rectangle side range as a fraction of img_size
-    eval_resize_ratio: float = 0.875  # eval: resize the shorter side to img_size / ratio, then centre-crop img_size
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first field whose value is out of range."""
-        for name in ("hflip_p", "vflip_p", "color_jitter_p", "affine_p", "blur_p", "noise_p", "dropout_p"):
-            _check_range(name, getattr(self, name), 0.0, 1.0)
-        _check_pair("scale", self.scale, 0.0, 1.0, open_low=True)
-        _check_pair("ratio", self.ratio, 0.0, math.inf, open_low=True)
-        for name in ("brightness", "contrast", "saturation"):
-            _check_range(name, getattr(self, name), 0.0, 1.0)
-        _check_range("hue", self.hue, 0.0, 0.5)
-        _check_range("rotate", self.rotate, 0.0, 180.0)
-        _check_range("shear", self.shear, 0.0, 45.0)
-        _check_range("translate", self.translate, 0.0, 0.5)
-        _check_pair("blur_sigma", self.blur_sigma, 0.0, math.inf, open_low=True)
-        _check_pair("noise_std", self.noise_std, 0.0, 1.0)
-        _check_pair("dropout_holes", self.dropout_holes, 1, 1000)
-        if any(int(v) != v for v in self.dropout_holes):
-            raise ValueError(f"augment.dropout_holes must be two integers, got {self.dropout_holes!r}")
-        _check_pair("dropout_size", self.dropout_size, 0.0, 1.0, open_low=True)
-        _check_range("eval_resize_ratio", self.eval_resize_ratio, 0.0, 1.0, open_low=True)
 
 
 def eval_resize_size(img_size: int, eval_resize_ratio: float) -> int:
@@ -174,20 +120,3 @@ def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[
     if any(not 0.0 < s <= 1.0 for s in std_t):
         raise ValueError(f"std must be in (0, 1] units (ImageNet: (0.229, 0.224, 0.225)), got {std_t}")
     return mean_t, std_t
-
-
-def _check_range(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (low < value if open_low else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if open_low else "["
-        raise ValueError(f"augment.{name} must be in {bracket}{low}, {high}], got {value!r}")
-
-
-def _check_pair(name: str, value: Sequence[float], low: float, high: float, *, open_low: bool = False) -> None:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ValueError(f"augment.{name} must be a (min, max) pair, got {value!r}")
-    for v in value:
-        _check_range(name, v, low, high, open_low=open_low)
-    if value[0] > value[1]:
-        raise ValueError(f"augment.{name} must be (min, max) with min <= max, got {tuple(value)!r}")

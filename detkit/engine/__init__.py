@@ -1,9 +1,9 @@
-"""Training engine: the one trainer for every task, task objects, optimiser groups, schedules and freezing.
+"""Training engine: the one trainer for every task, the task registry, optimiser groups, schedules and freezing.
 
-Also checkpoints, distributed helpers, hyperparameter runs, and experiments built from a config.
+Also checkpoints, distributed helpers, loaders, experiments built from a config, checkpoint evaluation and grids.
 """
 
-from detkit.engine.checkpoint import atomic_save, atomic_write_text, load_checkpoint, save_checkpoint
+from detkit.engine.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from detkit.engine.distributed import (
     DistInfo,
     ShardSampler,
@@ -15,36 +15,42 @@ from detkit.engine.distributed import (
     resolve_device,
     unwrap_model,
 )
+from detkit.engine.evaluation import evaluate_checkpoint
+from detkit.engine.experiment import (
+    Experiment,
+    build_experiment,
+    build_task,
+    run_experiment,
+)
 from detkit.engine.freeze import FreezeConfig, Freezer
+from detkit.engine.loaders import build_loader
 from detkit.engine.optim import OptimConfig, build_optimizer, build_param_groups
 from detkit.engine.runs import RunBuilder, RunManager
 from detkit.engine.schedule import ScheduleConfig, build_scheduler
-from detkit.engine.tasks import ClassificationEvaluator, ClassificationTask, Evaluator, Task
+from detkit.engine.tasks import (
+    ClassificationEvaluator,
+    ClassificationTask,
+    DetectionTask,
+    Evaluator,
+    Task,
+    get_task,
+    list_tasks,
+    register_task,
+)
 from detkit.engine.trainer import (
-    NonFiniteLossError,
     StopTraining,
     Trainer,
     evaluate,
     seed_everything,
     seed_worker,
 )
-
-# detkit.engine.experiment imports detkit.config, which imports this package's config dataclasses;
-# importing it lazily keeps `import detkit.config` free of an import cycle.
-_EXPERIMENT_NAMES = ("Experiment", "build_experiment", "evaluate_checkpoint", "run_experiment", "tune")
-
-
-def __getattr__(name: str):
-    if name in _EXPERIMENT_NAMES:
-        from detkit.engine import experiment
-
-        return getattr(experiment, name)
-    raise AttributeError(f"module 'detkit.engine' has no attribute {name!r}")
-
+from detkit.engine.tune import tune
+from detkit.errors import NonFiniteLossError
 
 __all__ = [
     "ClassificationEvaluator",
     "ClassificationTask",
+    "DetectionTask",
     "DistInfo",
     "Evaluator",
     "Experiment",
@@ -60,19 +66,23 @@ __all__ = [
     "Task",
     "Trainer",
     "atomic_save",
-    "atomic_write_text",
     "build_experiment",
+    "build_loader",
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
+    "build_task",
     "cleanup_distributed",
     "evaluate",
     "evaluate_checkpoint",
     "get_rank",
+    "get_task",
     "get_world_size",
     "init_distributed",
     "is_main_process",
+    "list_tasks",
     "load_checkpoint",
+    "register_task",
     "resolve_device",
     "run_experiment",
     "save_checkpoint",

@@ -1,6 +1,6 @@
-"""Checkpoints in detkit's format, written atomically, and the RNG state they carry.
+"""Writing checkpoints in detkit's format (atomically) and the RNG state they carry.
 
-Also the atomic text writer used for every file of a run directory (metrics, config, results).
+Reading them, and rebuilding their model, is :mod:`detkit.models.checkpoint` (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,14 +14,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from detkit.io import atomic_write, atomic_write_text
+from detkit.io import atomic_write
+from detkit.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    load_model_state,
+)
+from detkit.models.stages import unwrap_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "atomic_save",
-    "atomic_write",
-    "atomic_write_text",
     "capture_rng_state",
     "load_checkpoint",
     "load_model_state",
@@ -30,9 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "detkit"
-CHECKPOINT_VERSION = 1
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -106,8 +108,6 @@ def save_checkpoint(
         best_metric: the best value of the run's selection metric so far.
         extra: further plain entries merged into the checkpoint (they may not replace the above).
     """
-    from detkit.engine.distributed import unwrap_model
-
     inner = unwrap_model(model)
     ckpt: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -130,39 +130,3 @@ def save_checkpoint(
             raise ValueError(f"extra: key {key!r} would replace a checkpoint entry of the same name")
         ckpt[key] = value
     return atomic_save(ckpt, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a detkit checkpoint written by :func:`save_checkpoint`.
-
-    Loads with ``weights_only=True`` (no arbitrary code runs). Raises ``FileNotFoundError`` when
-    ``path`` does not exist and ``ValueError`` when the file is not a detkit checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} is not a detkit checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
-                         "use it as a weights file (model.weights=PATH) instead")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} has version {ckpt['version']}, newer than this detkit "
-                         f"(reads up to {CHECKPOINT_VERSION})")
-    return ckpt
-
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
-    """Load a checkpoint's model weights into ``model``, strictly except for BatchNorm counters.
-
-    Only ``num_batches_tracked`` entries may be missing or extra: torchvision builds detectors with
-    pretrained weights using frozen BatchNorm (no counter) and random ones with BatchNorm, which behave
-    the same in evaluation. Any other mismatch raises ``ValueError`` naming ``source`` and the keys.
-    """
-    result = model.load_state_dict(state, strict=False)
-    bad = [k for k in [*result.missing_keys, *result.unexpected_keys] if not k.endswith("num_batches_tracked")]
-    if bad:
-        raise ValueError(f"checkpoint {source} does not fit the {type(model).__name__} it names: "
-                         f"{len(bad)} mismatched keys, e.g. {bad[:5]}")

@@ -9,13 +9,24 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from detkit.models.stages import unwrap_model  # re-exported: the engine unwraps DDP models with it
+from detkit.collectives import (  # re-exported: the engine's historical home of these
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    get_rank,
+    get_world_size,
+    is_distributed,
+    is_main_process,
+)
+from detkit.models.stages import (
+    unwrap_model,  # re-exported: the engine unwraps DDP models with it
+)
 
 __all__ = [
     "DistInfo",
@@ -105,43 +116,6 @@ def cleanup_distributed() -> None:
     """Leave the process group if one is initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def get_rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all ranks in place (a no-op in a single process); returns it."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` in rank order (``[obj]`` in a single process). Objects must be picklable."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 class ShardSampler(Sampler[int]):

@@ -6,23 +6,13 @@ Frozen parameters get ``requires_grad=False`` and ``.grad=None``; their BatchNor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from torch import nn
 
+from detkit.config.sections import FreezeConfig
 from detkit.models.stages import param_stages, unwrap_model
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FreezeConfig:
-    """Backbone freezing schedule (``freeze:`` section of a config)."""
-
-    backbone_epochs: int = 0  # epochs at the start during which every stage except the head is frozen
-    gradual: bool = False  # after backbone_epochs, unfreeze one stage at a time from the head backwards
-    stage_epochs: int = 1  # gradual: epochs between unfreezing one stage and the next
-    freeze_bn: bool = True  # BatchNorm layers of frozen stages stay in eval mode (running stats unchanged)
 
 
 class Freezer:

@@ -5,12 +5,12 @@ Norm and bias parameters get no weight decay (switchable); every parameter, froz
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from detkit.config.sections import OptimConfig
 from detkit.models.stages import param_stages, unwrap_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
@@ -22,23 +22,6 @@ _NORM_TYPES = (
     nn.modules.instancenorm._InstanceNorm,
     nn.LocalResponseNorm,
 )
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and per-stage learning rates (``optim:`` section of a config)."""
-
-    name: str = "sgd"  # one of sgd, adam, adamw, rmsprop, adagrad, adadelta
-    lr: float = 0.01  # base learning rate (backbone stages; the head gets lr * head_lr_mult)
-    momentum: float = 0.9  # momentum for sgd and rmsprop
-    nesterov: bool = False  # Nesterov momentum (sgd only; needs momentum > 0)
-    weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw) on weights that are not norm/bias
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW moment decay rates
-    eps: float = 1e-8  # numerical epsilon of adam, adamw, rmsprop, adagrad, adadelta
-    head_lr_mult: float = 10.0  # head lr = lr * head_lr_mult (ignored for stages set by layer_decay/group_lrs)
-    layer_decay: float | None = None  # if set, stage lr = lr * layer_decay ** (distance from head); head gets lr
-    group_lrs: dict[str, float] | None = None  # explicit lr per stage name, e.g. {layer4: 0.01}; wins over the rest
-    no_decay_norm_bias: bool = True  # no weight decay on normalisation-layer and bias parameters
 
 
 def stage_learning_rates(stage_names: list[str], cfg: OptimConfig) -> dict[str, float]:

@@ -16,7 +16,7 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Any, Sequence
 
-from detkit.io import atomic_write_text
+from detkit.io import atomic_write_json, atomic_write_text, json_default
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
@@ -159,9 +159,9 @@ class RunManager:
         writer.writeheader()
         for row in rows:
             writer.writerow({c: _csv_value(row.get(c)) for c in columns})
-        csv_path = _write_atomic(self.root / "results.csv", buffer.getvalue())
+        csv_path = atomic_write_text(self.root / "results.csv", buffer.getvalue())
         document = {"metric": self.metric, "mode": self.mode, "runs": rows}
-        json_path = _write_atomic(self.root / "results.json", json.dumps(document, indent=2, default=_json_default))
+        json_path = atomic_write_json(self.root / "results.json", document)
         return csv_path, json_path
 
     def _better(self, value: float, best: float) -> bool:
@@ -195,17 +195,5 @@ def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, default=_json_default)
+        return json.dumps(value, default=json_default)
     return value
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # tensors and numpy arrays/scalars
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    return atomic_write_text(text, path)

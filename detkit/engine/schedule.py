@@ -6,27 +6,13 @@ Each is one factor applied to every group's own base lr, so per-group ratios (he
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from detkit.config.sections import ScheduleConfig
+
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
-
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule (``schedule:`` section of a config)."""
-
-    name: str = "cosine"  # one of cosine, onecycle, step, constant
-    warmup_epochs: float = 1.0  # linear warmup length for cosine/step/constant (fractions allowed; onecycle: unused)
-    warmup_start_ratio: float = 0.01  # lr factor at the first warmup step, rising linearly to 1
-    min_lr_ratio: float = 0.01  # cosine: final lr as a fraction of each group's base lr
-    step_epochs: tuple[float, ...] = (30.0, 60.0)  # step: epochs at which lr *= gamma
-    gamma: float = 0.1  # step: multiplicative decay at each of step_epochs
-    pct_start: float = 0.3  # onecycle: fraction of all steps spent rising to the peak lr
-    div_factor: float = 25.0  # onecycle: start lr = base lr / div_factor
-    final_div_factor: float = 1e4  # onecycle: final lr = base lr / (div_factor * final_div_factor)
 
 
 class ScheduleFactor:

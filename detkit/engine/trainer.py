@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import random
@@ -19,12 +18,22 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from detkit.engine.checkpoint import atomic_write_text, load_checkpoint, restore_rng_state, save_checkpoint
-from detkit.engine.distributed import DistInfo, all_reduce_sum, is_distributed, unwrap_model
-from detkit.engine.tasks import Task
+from detkit.collectives import all_reduce_sum, is_distributed
+from detkit.config.sections import TrainConfig
+from detkit.data.seeding import reseed_transforms
+from detkit.engine.checkpoint import restore_rng_state, save_checkpoint
+from detkit.engine.distributed import DistInfo
+from detkit.engine.freeze import Freezer
+from detkit.engine.tasks.base import Task
+from detkit.errors import NonFiniteLossError
+from detkit.io import atomic_write_json, atomic_write_text
+from detkit.models.checkpoint import load_checkpoint
+from detkit.models.stages import unwrap_model
 
 __all__ = [
     "NonFiniteLossError",
@@ -41,10 +50,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Hook = Callable[["Trainer", dict[str, Any]], None]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the batch's files."""
 
 
 class StopTraining(Exception):
@@ -64,19 +69,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` of a run seeded with ``seed`` (a pure function: resuming repeats it)."""
     return (seed * 1_000_003 + epoch * 7919) % 2**63
-
-
-def reseed_transforms(dataset: Any, seed: int) -> None:
-    """Reseed the albumentations pipeline of ``dataset`` (or of the dataset it wraps), if it has one.
-
-    albumentations keeps its own RNG, independent of numpy's and torch's, so it is seeded here.
-    """
-    while dataset is not None:
-        transform = getattr(dataset, "transform", None)
-        if hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(seed % 2**32)
-            return
-        dataset = getattr(dataset, "dataset", None)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -130,9 +122,9 @@ class Trainer:
         train_loader: DataLoader,
         val_loader: DataLoader | None = None,
         *,
-        cfg: Any,
-        scheduler: Any | None = None,
-        freezer: Any | None = None,
+        cfg: TrainConfig,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        freezer: Freezer | None = None,
         device: torch.device | str = "cpu",
         config: dict[str, Any] | None = None,
         classes: list[str] | None = None,
@@ -405,8 +397,6 @@ class Trainer:
         # differ a little between ranks; align them with rank 0 so evaluation and checkpoints agree.
         if self._ddp_model is None:
             return
-        import torch.distributed as dist
-
         for buffer in self.model.buffers():
             dist.broadcast(buffer.data, src=0)
 
@@ -448,7 +438,7 @@ class Trainer:
         summary = {**self.summary, "best_metric": self.best_metric, "best_mode": self.best_mode,
                    "epochs_completed": self.history[-1]["epoch"] if self.history else 0}
         payload = {"epochs": self.history, "best": self.best_row, "summary": summary}
-        atomic_write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", self.output / "metrics.json")
+        atomic_write_json(self.output / "metrics.json", payload)
         columns: list[str] = []
         for row in self.history:
             columns.extend(k for k, v in row.items() if k not in columns and _is_scalar(v))
@@ -456,7 +446,7 @@ class Trainer:
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
-        atomic_write_text(buffer.getvalue(), self.output / "metrics.csv")
+        atomic_write_text(self.output / "metrics.csv", buffer.getvalue())
 
     def _write_hparams(self) -> None:
         writer = self._tensorboard()
@@ -490,8 +480,6 @@ class Trainer:
     def _progress(self, loader: Iterable, desc: str, total: int) -> Any:
         if not (self.cfg.progress and self.is_main and sys.stderr.isatty()):
             return loader
-        from tqdm import tqdm
-
         return tqdm(loader, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -545,8 +533,6 @@ def evaluate(
     evaluator = task.new_evaluator(loader.dataset)
     batches: Iterable = loader
     if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
         batches = tqdm(loader, desc="val", total=len(loader), leave=False, dynamic_ncols=True)
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
@@ -585,13 +571,3 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,6 +1,7 @@
 """Classification metrics: confusion matrix, top-k accuracy, per-class precision/recall, most-confused pairs.
 
-``ClassificationMeter`` keeps only counts (O(C²) memory), so it is cheap per batch and summed across DDP ranks.
+``ClassificationMeter`` keeps only counts (O(C²) memory), so it is cheap per batch and summed across DDP ranks;
+``ClassificationEvaluator`` is the validation loop's evaluator built on it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.eval.evaluator import Evaluator
 
 
 def _check_targets(targets: Tensor, num_classes: int, n: int | None = None) -> None:
@@ -232,3 +236,36 @@ class ClassificationMeter:
         self.cm, self.topk = self.cm.to(device), self.topk.to(device)
         self.loss_sum, self.count = self.loss_sum.to(device), self.count.to(device)
         self.loss_count = self.loss_count.to(device)
+
+
+class ClassificationEvaluator(Evaluator):
+    """Validation loss, top-1/top-5 accuracy, per-class precision/recall and the confusion matrix.
+
+    Counts live in a :class:`detkit.eval.classification.ClassificationMeter`, which sums across ranks.
+    """
+
+    def __init__(self, classes: list[str]) -> None:
+        self.classes = list(classes)
+        self.meter = ClassificationMeter(len(classes))
+
+    def update(self, model: nn.Module, images: Tensor, targets: Tensor, paths: list[str]) -> None:
+        logits = model(images).float()  # (B, C)
+        self.meter.update(logits, targets, loss=F.cross_entropy(logits, targets))
+
+    def synchronize(self) -> None:
+        self.meter.all_reduce()
+
+    def compute(self) -> dict[str, Any]:
+        result = self.meter.compute()
+        cm = result["confusion_matrix"]
+        return {
+            "val_loss": float(result["loss"]) if result["loss"] is not None else float("nan"),
+            "val_acc": float(result["acc1"]),
+            "val_acc5": float(result["acc5"]),
+            "val_mean_recall": float(result["mean_recall"]),
+            "val_count": int(result["n"]),
+            "val_per_class": {name: {"precision": float(p), "recall": float(r)}
+                              for name, p, r in zip(self.classes, result["precision"], result["recall"])},
+            "most_confused": [list(t) for t in most_confused(cm, self.classes, k=5)],
+            "confusion_matrix": cm,
+        }

@@ -10,7 +10,6 @@ import copy
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
-from detkit.io import atomic_write
+from detkit.viz.pr_curves import plot_pr_curves
 
 __all__ = ["CocoEvaluator", "CocoMetrics", "plot_pr_curves", "predictions_to_coco_results"]
 
@@ -326,45 +325,3 @@ class CocoEvaluator:
         Runs :meth:`compute` first when nothing has been computed since the last change.
         """
         return plot_pr_curves(self.metrics if self.metrics is not None else self.compute(), path)
-
-
-def plot_pr_curves(
-    metrics: CocoMetrics, path: str | os.PathLike, max_legend: int = 20, class_name: str | None = None
-) -> Path:
-    """Plot precision against recall at IoU 0.5 for every class with ground truth, and their mean; save a PNG.
-
-    Args:
-        metrics: from :meth:`CocoEvaluator.compute`.
-        path: output ``.png``; written atomically (temporary file in the same folder, then renamed).
-        max_legend: classes named in the legend at most (the mean curve is always named).
-        class_name: plot this class alone (no mean curve); it must be one of ``metrics.pr_curves``.
-
-    Returns:
-        The written path.
-    """
-    from matplotlib.figure import Figure  # imported here: plotting is optional for evaluation
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(7, 6), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    r = metrics.recall_thresholds
-    if class_name is not None and class_name not in metrics.pr_curves:
-        raise ValueError(f"class_name: {class_name!r} is not one of {list(metrics.pr_curves)}")
-    selected = metrics.pr_curves if class_name is None else {class_name: metrics.pr_curves[class_name]}
-    curves = {k: v for k, v in selected.items() if (v > -1).any()}
-    show_legend = len(curves) <= max_legend
-    for name, p in curves.items():
-        ap50 = metrics.per_class_ap50.get(name, math.nan)
-        ax.plot(r, np.clip(p, 0, None), linewidth=1, label=f"{name} {ap50:.3f}" if show_legend else None)
-    if not curves:
-        ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
-    elif class_name is None:
-        mean = np.mean(np.stack([np.clip(p, 0, None) for p in curves.values()]), axis=0)
-        ax.plot(r, mean, color="black", linewidth=2.5, label=f"all classes mAP@0.5 {metrics.map50:.3f}")
-    title = "Precision-recall, IoU 0.5" + ("" if class_name is None else f": {class_name}")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.grid(True, alpha=0.3)
-    if curves:
-        ax.legend(loc="lower left", fontsize="small")
-    return atomic_write(path, lambda f: fig.savefig(f, format="png"))

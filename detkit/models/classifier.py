@@ -5,6 +5,7 @@ The model carries ``detkit_meta`` (weights, whether pretrained, mean/std, input 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torchvision.models as tvm
 from torch import Tensor, nn
 
+from detkit.models.meta import ModelMeta, normalization_from_info
 from detkit.models.pretrained import (
     PretrainedWeights,
     WeightsUnavailableError,
@@ -22,7 +25,7 @@ from detkit.models.pretrained import (
     torchvision_pretrained,
     torchvision_weight_tags,
 )
-from detkit.models.registry import get_entry
+from detkit.models.registry import get_entry, register_classifier
 from detkit.models.weights import load_weights_file, read_state_dict, strip_prefixes
 
 logger = logging.getLogger(__name__)
@@ -73,9 +76,9 @@ def create_classifier(
 
     Returns:
         The model, mapping Tensor[N, 3, H, W] float images (normalised with ``detkit_meta["mean"/"std"]``) to
-        Tensor[N, C] logits. ``model.detkit_meta`` is ``{"name", "num_classes", "weights" (as given),
-        "pretrained" (bool: were pretrained weights loaded), "mean", "std" (3 floats in [0, 1] units, or None
-        when unknown), "input_size" (int pixels or None)}``.
+        Tensor[N, C] logits. ``model.detkit_meta`` is a :class:`~detkit.models.meta.ModelMeta`: name,
+        num_classes, weights (as given), pretrained (were pretrained weights loaded), mean, std (3 floats in
+        [0, 1] units, or None when unknown), input_size (int pixels or None).
 
     Raises:
         ValueError: for an unknown ``name``, ``num_classes`` < 1, ``dropout`` outside [0, 1), or a weights file
@@ -97,39 +100,34 @@ def create_classifier(
         raise FileNotFoundError(f"weights must be one of {WEIGHT_MODES} or an existing file, got {weights!r}")
 
     if name.startswith("timm:"):
-        model, published = _create_timm(name[len("timm:"):], num_classes, weights, float(dropout))
+        model, release = _create_timm(name[len("timm:"):], num_classes, weights, float(dropout))
     else:
-        model, published = _create_torchvision(name, num_classes, weights, float(dropout))
-    preprocessing = _preprocessing(published)
+        model, release = _create_torchvision(name, num_classes, weights, float(dropout))
+    published = _release_preprocessing(release)
     if is_file:
         report = load_weights_file(model, weights)
-        preprocessing = _file_preprocessing(name, weights, report["info"])
-    model.detkit_meta = {
-        "name": name,
-        "num_classes": num_classes,
-        "weights": weights,
-        "pretrained": is_file or published is not None,
-        **preprocessing,
-    }
+        published = _file_release(name, weights, report["info"])
+    model.detkit_meta = ModelMeta.create(name, num_classes, weights, pretrained=is_file or published is not None,
+                                         normalization=published[0] if published else None,
+                                         input_size=published[1] if published else None)
     return model
 
 
-def _preprocessing(published: PretrainedWeights | None) -> dict[str, Any]:
-    if published is None:
-        return {"mean": None, "std": None, "input_size": None}
-    return {"mean": published.mean, "std": published.std, "input_size": published.input_size}
+# (mean, std) and input size a model's weights expect
+_Preprocessing = tuple[tuple[tuple[float, ...], tuple[float, ...]] | None, int | None]
 
 
-def _file_preprocessing(name: str, path: str, info: dict[str, Any]) -> dict[str, Any]:
-    # A detkit checkpoint records its normalisation; a file named like a published download
-    # (resnet18-f37072fd.pth) carries that release's; otherwise it is unknown and left to the data.
-    normalization = info.get("normalization")
-    if normalization:
-        return {
-            "mean": tuple(float(m) for m in normalization["mean"]),
-            "std": tuple(float(s) for s in normalization["std"]),
-            "input_size": (info.get("model_meta") or {}).get("input_size"),
-        }
+def _release_preprocessing(published: PretrainedWeights | None) -> _Preprocessing | None:
+    return None if published is None else ((published.mean, published.std), published.input_size)
+
+
+def _file_release(name: str, path: str, info: dict[str, Any]) -> _Preprocessing | None:
+    """What a weights file says of its preprocessing: a detkit checkpoint records its normalisation; a file
+    named like a published download (resnet18-f37072fd.pth) carries that release's; otherwise None (unknown:
+    the data's statistics are used)."""
+    normalization = normalization_from_info(info)
+    if normalization is not None:
+        return normalization, (info.get("model_meta") or {}).get("input_size")
     candidates: list[PretrainedWeights] = []
     if name.startswith("timm:"):
         try:
@@ -139,7 +137,8 @@ def _file_preprocessing(name: str, path: str, info: dict[str, Any]) -> dict[str,
     else:
         candidates += [torchvision_pretrained(name, tag) for tag in torchvision_weight_tags(name)]
     filename = os.path.basename(path)
-    return _preprocessing(next((c for c in candidates if c.url and os.path.basename(c.url) == filename), None))
+    return _release_preprocessing(next((c for c in candidates if c.url and os.path.basename(c.url) == filename),
+                                       None))
 
 
 def _create_torchvision(
@@ -174,8 +173,6 @@ def _create_timm(
     import timm
 
     if not timm.is_model(name):
-        import difflib
-
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise ValueError(f"unknown timm model {name!r}" + (f"; did you mean {close}?" if close else ""))
     path = None
@@ -199,3 +196,67 @@ def _create_timm(
         return model, published
     model = timm.create_model(name, pretrained=False, **kwargs)
     return model, None
+
+
+# Entry functions: the architecture only (1000-class ImageNet head, random init); weights and the head swap
+# are handled by ``create_classifier``.
+
+
+@register_classifier("resnet18")
+def resnet18() -> nn.Module:
+    """ResNet-18 (11.7M parameters, 512-d features)."""
+    return tvm.resnet18(weights=None)
+
+
+@register_classifier("resnet34")
+def resnet34() -> nn.Module:
+    """ResNet-34 (21.8M parameters, 512-d features)."""
+    return tvm.resnet34(weights=None)
+
+
+@register_classifier("resnet50")
+def resnet50() -> nn.Module:
+    """ResNet-50 (25.6M parameters, 2048-d features)."""
+    return tvm.resnet50(weights=None)
+
+
+@register_classifier("resnet101")
+def resnet101() -> nn.Module:
+    """ResNet-101 (44.5M parameters, 2048-d features)."""
+    return tvm.resnet101(weights=None)
+
+
+@register_classifier("resnet152")
+def resnet152() -> nn.Module:
+    """ResNet-152 (60.2M parameters, 2048-d features)."""
+    return tvm.resnet152(weights=None)
+
+
+@register_classifier("wide_resnet50_2")
+def wide_resnet50_2() -> nn.Module:
+    """Wide ResNet-50-2 (68.9M parameters, 2048-d features)."""
+    return tvm.wide_resnet50_2(weights=None)
+
+
+@register_classifier("wide_resnet101_2")
+def wide_resnet101_2() -> nn.Module:
+    """Wide ResNet-101-2 (126.9M parameters, 2048-d features)."""
+    return tvm.wide_resnet101_2(weights=None)
+
+
+@register_classifier("resnext50_32x4d")
+def resnext50_32x4d() -> nn.Module:
+    """ResNeXt-50 32x4d (25.0M parameters, 2048-d features)."""
+    return tvm.resnext50_32x4d(weights=None)
+
+
+@register_classifier("resnext101_32x8d")
+def resnext101_32x8d() -> nn.Module:
+    """ResNeXt-101 32x8d (88.8M parameters, 2048-d features)."""
+    return tvm.resnext101_32x8d(weights=None)
+
+
+@register_classifier("resnext101_64x4d")
+def resnext101_64x4d() -> nn.Module:
+    """ResNeXt-101 64x4d (83.5M parameters, 2048-d features)."""
+    return tvm.resnext101_64x4d(weights=None)

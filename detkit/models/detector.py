@@ -1,34 +1,38 @@
-"""The common detector interface (``Detector``) and ``create_detector``, a factory over a readable registry.
+"""The common detector interface (``Detector``), its input checks, and ``create_detector`` / ``build_detector``.
 
-SSDs (``resnet18_ssd`` ..., ``tiny_ssd``) and torchvision detectors (``torchvision:NAME``) share one forward contract.
+SSDs (``resnet18_ssd`` ..., ``tiny_ssd``) and torchvision detectors (``torchvision:NAME``) share one forward contract;
+each registers itself in :mod:`detkit.models.registry` from its own module.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from detkit.config.sections import DetectConfig
+from detkit.models.meta import ModelMeta
+from detkit.models.registry import detector_entry, list_detectors
+from detkit.models.stages import Stages
+
 __all__ = [
     "DETECTOR_WEIGHT_MODES",
     "Detector",
+    "build_detector",
     "check_detection_inputs",
     "check_weights_arg",
     "child_params",
     "create_detector",
     "list_detectors",
-    "register_detector",
+    "set_postprocess",
 ]
 
 #: the ``weights`` values that are not file paths; ``coco`` only applies to torchvision detectors
 DETECTOR_WEIGHT_MODES = ("imagenet", "auto", "none", "coco")
-
-Stages = dict[str, list[tuple[str, nn.Parameter]]]
 
 
 class Detector(nn.Module):
@@ -46,17 +50,25 @@ class Detector(nn.Module):
       ``0..C-1``. Mapping back to the original image (letterbox inverse) is the data layer's job.
 
     Post-processing reads the attributes ``score_thresh``, ``nms_thresh``, ``detections_per_img`` and
-    ``topk_candidates`` at every call, so they can be changed on a built model.
+    ``topk_candidates`` at every call, so they can be changed on a built model (:meth:`set_postprocess`).
+
+    A new detector subclasses this, implements ``forward`` and :meth:`detkit_stages`, optionally
+    :meth:`predict_with_losses` (validation losses), sets ``detkit_meta`` with :meth:`ModelMeta.create`, and
+    registers its builder with :func:`detkit.models.registry.register_detector` in its own module.
 
     Attributes:
         num_classes: number of object classes C (background not counted).
-        detkit_meta: ``{"name", "num_classes", "weights" (as given), "pretrained" (bool), "mean", "std"
-            (3 floats in [0, 1] units, or None when no pretrained normalisation applies), "input_size"
-            (the side in pixels the detector is designed for)}``.
+        detkit_meta: a :class:`~detkit.models.meta.ModelMeta` (name, weights, pretrained, mean/std in [0, 1]
+            units or None when no pretrained normalisation applies, the input side the detector is designed
+            for; classes and category ids once trained).
     """
 
     num_classes: int
-    detkit_meta: dict[str, Any]
+    detkit_meta: ModelMeta
+    score_thresh: float
+    nms_thresh: float
+    detections_per_img: int
+    topk_candidates: int
 
     def detkit_stages(self) -> Stages:
         """Parameters by stage, input to output, ``head`` (the new class/box predictors) last.
@@ -64,6 +76,49 @@ class Detector(nn.Module):
         Read by :func:`detkit.models.param_stages` for per-stage learning rates and freezing.
         """
         raise NotImplementedError(f"{type(self).__name__} must define detkit_stages()")
+
+    def set_postprocess(self, *, score_thresh: float | None = None, nms_thresh: float | None = None,
+                        detections_per_img: int | None = None, topk_candidates: int | None = None) -> None:
+        """Set the post-processing thresholds read at every eval-mode call (None keeps a value)."""
+        set_postprocess(self, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                        detections_per_img=detections_per_img, topk_candidates=topk_candidates)
+
+    def predict_with_losses(
+        self, images: Tensor, targets: list[dict[str, Tensor]]
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Eval-mode detections for a batch and, where the model computes them in the same pass, its losses.
+
+        The validation loop calls this (in eval mode, under ``no_grad``). The default returns ``self(images)``
+        and no losses; single-shot detectors override it to share one forward between both.
+
+        Args:
+            images: ``Tensor[B, 3, H, W]`` normalised images.
+            targets: one dict per image with ``boxes`` ``Tensor[K, 4]`` ``(x1, y1, x2, y2)`` input pixels and
+                ``labels`` ``Tensor[K]`` int64 in ``0..C-1``.
+
+        Returns:
+            ``(detections, losses)``: detections as from ``forward`` in eval mode, and scalar losses
+            (``"loss"`` the total) or ``{}``.
+        """
+        return self(images), {}
+
+
+def set_postprocess(model: nn.Module, *, score_thresh: float | None = None, nms_thresh: float | None = None,
+                    detections_per_img: int | None = None, topk_candidates: int | None = None) -> None:
+    """Set a detector's post-processing attributes (any module following the :class:`Detector` contract).
+
+    None keeps a value. ``score_thresh``: per-class score below which detections are dropped;
+    ``nms_thresh``: class-aware NMS IoU; ``detections_per_img``: detections kept per image;
+    ``topk_candidates``: candidates kept per image and class before NMS.
+    """
+    if score_thresh is not None:
+        model.score_thresh = float(score_thresh)
+    if nms_thresh is not None:
+        model.nms_thresh = float(nms_thresh)
+    if detections_per_img is not None:
+        model.detections_per_img = int(detections_per_img)
+    if topk_candidates is not None:
+        model.topk_candidates = int(topk_candidates)
 
 
 def child_params(module: nn.Module, *names: str) -> list[tuple[str, nn.Parameter]]:
@@ -138,37 +193,13 @@ def check_detection_inputs(
     return images, checked
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Registry. Entry functions are 3-5 lines: they import their module lazily, because those modules import
-# ``Detector`` from here.
-
-_ENTRIES: dict[str, Callable[..., Detector]] = {}
-
-
-def register_detector(name: str) -> Callable[[Callable[..., Detector]], Callable[..., Detector]]:
-    """Decorator adding ``fn(num_classes, weights, **kwargs) -> Detector`` to the registry under ``name``."""
-
-    def decorator(fn: Callable[..., Detector]) -> Callable[..., Detector]:
-        if name in _ENTRIES:
-            raise ValueError(f"detector name {name!r} is already registered")
-        _ENTRIES[name] = fn
-        return fn
-
-    return decorator
-
-
-def list_detectors() -> list[str]:
-    """Sorted names accepted by :func:`create_detector`."""
-    return sorted(_ENTRIES)
-
-
 def create_detector(
     name: str, num_classes: int, weights: str | os.PathLike | None = "auto", **kwargs: Any
 ) -> Detector:
     """Build detector ``name`` for ``num_classes`` object classes.
 
     Args:
-        name: one of :func:`list_detectors`: ``resnet18_ssd``, ``resnet34_ssd``, ``resnet50_ssd``,
+        name: one of :func:`~detkit.models.registry.list_detectors`: ``resnet18_ssd``, ``resnet34_ssd``, ``resnet50_ssd``,
             ``tiny_ssd``, ``torchvision:fasterrcnn_resnet50_fpn``, ``torchvision:retinanet_resnet50_fpn``,
             ``torchvision:ssd300_vgg16``, ``torchvision:ssdlite320_mobilenet_v3_large``,
             ``torchvision:fasterrcnn_mobilenet_v3_large_320_fpn``.
@@ -190,14 +221,34 @@ def create_detector(
         TypeError: if ``weights`` is neither a string nor a path.
         FileNotFoundError: if ``weights`` is neither a mode nor an existing file.
     """
-    if name not in _ENTRIES:
-        close = difflib.get_close_matches(name, list(_ENTRIES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown detector name {name!r}.{hint} Valid names: {', '.join(list_detectors())}")
+    entry = detector_entry(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     weights = check_weights_arg(weights)
-    return _ENTRIES[name](num_classes=num_classes, weights=weights, **kwargs)
+    return entry.build(num_classes=num_classes, weights=weights, **kwargs)
+
+
+def build_detector(
+    name: str, num_classes: int, weights: str | os.PathLike | None, detect: DetectConfig
+) -> Detector:
+    """The detector a ``detect`` config section describes: the model's own keywords and the thresholds.
+
+    One mapping for training, evaluation, inference and export: the detector's registry entry says which
+    ``detect`` keys it takes (loss choices change an SSD's head, ``first_level`` a ResNet-SSD's levels;
+    torchvision detectors take none), and every detector gets ``score_thresh``, ``nms_thresh``, ``max_det``
+    and ``topk_candidates`` through :meth:`Detector.set_postprocess`.
+
+    Args:
+        name: one of :func:`list_detectors`.
+        num_classes: number of object classes C.
+        weights: as for :func:`create_detector`.
+        detect: the ``detect`` section (a checkpoint's, for a rebuild).
+    """
+    entry = detector_entry(name)
+    model = create_detector(name, num_classes, weights, **entry.config_kwargs(detect))
+    model.set_postprocess(score_thresh=detect.score_thresh, nms_thresh=detect.nms_thresh,
+                          detections_per_img=detect.max_det, topk_candidates=detect.topk_candidates)
+    return model
 
 
 def check_weights_arg(weights: str | os.PathLike | None) -> str:
@@ -210,77 +261,3 @@ def check_weights_arg(weights: str | os.PathLike | None) -> str:
     if weights not in DETECTOR_WEIGHT_MODES and not Path(weights).is_file():
         raise FileNotFoundError(f"weights must be one of {DETECTOR_WEIGHT_MODES} or an existing file, got {weights!r}")
     return weights
-
-
-@register_detector("resnet18_ssd")
-def _resnet18_ssd(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """SSD on an ImageNet ResNet-18: 6 levels (strides 16 .. 512), ~15M parameters."""
-    from detkit.models.ssd import resnet_ssd
-
-    return resnet_ssd("resnet18", num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("resnet34_ssd")
-def _resnet34_ssd(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """SSD on an ImageNet ResNet-34: 6 levels (strides 16 .. 512)."""
-    from detkit.models.ssd import resnet_ssd
-
-    return resnet_ssd("resnet34", num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("resnet50_ssd")
-def _resnet50_ssd(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """SSD on an ImageNet ResNet-50: 6 levels (strides 16 .. 512)."""
-    from detkit.models.ssd import resnet_ssd
-
-    return resnet_ssd("resnet50", num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("tiny_ssd")
-def _tiny_ssd(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """The textbook's TinySSD (from scratch, 5 levels, 4 anchors per cell)."""
-    from detkit.models.tiny_ssd import tiny_ssd
-
-    return tiny_ssd(num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("torchvision:fasterrcnn_resnet50_fpn")
-def _fasterrcnn_resnet50_fpn(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """torchvision Faster R-CNN, ResNet-50 FPN (COCO weights when available)."""
-    from detkit.models.tv_detection import torchvision_detector
-
-    return torchvision_detector("fasterrcnn_resnet50_fpn", num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("torchvision:retinanet_resnet50_fpn")
-def _retinanet_resnet50_fpn(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """torchvision RetinaNet, ResNet-50 FPN (COCO weights when available)."""
-    from detkit.models.tv_detection import torchvision_detector
-
-    return torchvision_detector("retinanet_resnet50_fpn", num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("torchvision:ssd300_vgg16")
-def _ssd300_vgg16(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """torchvision SSD300, VGG-16 (COCO weights when available)."""
-    from detkit.models.tv_detection import torchvision_detector
-
-    return torchvision_detector("ssd300_vgg16", num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("torchvision:ssdlite320_mobilenet_v3_large")
-def _ssdlite320_mobilenet_v3_large(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """torchvision SSDlite 320, MobileNetV3-Large (COCO weights when available)."""
-    from detkit.models.tv_detection import torchvision_detector
-
-    return torchvision_detector("ssdlite320_mobilenet_v3_large", num_classes=num_classes, weights=weights, **kwargs)
-
-
-@register_detector("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn")
-def _fasterrcnn_mobilenet_v3_large_320_fpn(num_classes: int, weights: str, **kwargs: Any) -> Detector:
-    """torchvision Faster R-CNN, MobileNetV3-Large FPN at 320 px (COCO weights when available)."""
-    from detkit.models.tv_detection import torchvision_detector
-
-    return torchvision_detector(
-        "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=num_classes, weights=weights, **kwargs
-    )

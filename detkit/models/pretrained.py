@@ -9,14 +9,18 @@ import hashlib
 import logging
 import os
 import socket
-import tempfile
 import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import torchvision.models as tvm
+
+from detkit.errors import WeightsUnavailableError
+from detkit.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +29,6 @@ OFFLINE_ENV = "DETKIT_OFFLINE"
 
 # Hugging Face file names timm looks for, in its own order of preference.
 _HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for (``weights="imagenet"``) but are neither cached nor downloadable."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,6 @@ def torchvision_pretrained(name: str, tag: str = "DEFAULT") -> PretrainedWeights
     Raises:
         ValueError: if torchvision has no such weights for ``name``.
     """
-    import torchvision.models as tvm
-
     try:
         weights = tvm.get_model_weights(name)[tag]
     except (ValueError, KeyError) as err:
@@ -102,8 +100,6 @@ def torchvision_pretrained(name: str, tag: str = "DEFAULT") -> PretrainedWeights
 
 def torchvision_weight_tags(name: str) -> list[str]:
     """Names of the weights enum members torchvision has for ``name`` (e.g. ``["IMAGENET1K_V1", ...]``)."""
-    import torchvision.models as tvm
-
     try:
         return [w.name for w in tvm.get_model_weights(name)]
     except (ValueError, KeyError):
@@ -187,27 +183,21 @@ def download_file(url: str, dst: str | os.PathLike, timeout: float = 10.0, check
         ValueError: if the SHA-256 prefix in the file name does not match the downloaded bytes.
     """
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    sha = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    expected = _hash_prefix(dst.name) if check_hash else None
+
+    def fetch(out: Any) -> None:
+        sha = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 sha.update(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        expected = _hash_prefix(dst.name)
-        if check_hash and expected is not None and not sha.hexdigest().startswith(expected):
+        if expected is not None and not sha.hexdigest().startswith(expected):
             raise ValueError(
                 f"downloaded {url} has sha256 {sha.hexdigest()[:len(expected)]}..., expected {expected}... "
                 f"(from its file name)"
             )
-        os.replace(tmp_name, dst)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return dst
+
+    return atomic_write(dst, fetch)
 
 
 def _hash_prefix(filename: str) -> str | None:

@@ -1,32 +1,52 @@
-"""Registry of classifier architectures: short entry functions that build a randomly initialised network.
+"""The model registry: each model module registers its builder here, next to its code (timm's ``register_model``).
 
-Names are torchvision's (``resnet18`` ...); any timm model is reachable as ``timm:NAME`` without registration.
+Classifiers register an entry function building the bare architecture; detectors register a builder and the
+function that maps the ``detect`` config section onto the builder's keywords. This module imports no model.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-import torchvision.models as tvm
 from torch import nn
 
-_ENTRIES: dict[str, Callable[[], nn.Module]] = {}
+from detkit.config.sections import DetectConfig
+
+__all__ = [
+    "DetectorEntry",
+    "detector_entry",
+    "get_entry",
+    "is_detector",
+    "list_classifiers",
+    "list_detectors",
+    "no_config_kwargs",
+    "register_classifier",
+    "register_detector",
+]
+
+_CLASSIFIERS: dict[str, Callable[[], nn.Module]] = {}
+_DETECTORS: dict[str, DetectorEntry] = {}
+
+
+# ----------------------------------------------------------------------------- classifiers
 
 
 def register_classifier(name: str) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
-    """Decorator adding an entry function ``fn() -> nn.Module`` under ``name``.
+    """Decorator adding an entry function ``fn() -> nn.Module`` (architecture only, random init) under ``name``.
 
     Args:
         name: the name used by ``create_classifier``; must be unique and not start with ``timm:``.
     """
 
     def decorator(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-        if name in _ENTRIES:
-            raise ValueError(f"classifier name {name!r} is already registered")
+        if name in _CLASSIFIERS or name in _DETECTORS:
+            raise ValueError(f"model name {name!r} is already registered")
         if name.startswith("timm:"):
             raise ValueError(f"classifier name {name!r} must not start with 'timm:' (reserved for timm models)")
-        _ENTRIES[name] = fn
+        _CLASSIFIERS[name] = fn
         return fn
 
     return decorator
@@ -34,84 +54,78 @@ def register_classifier(name: str) -> Callable[[Callable[[], nn.Module]], Callab
 
 def list_classifiers() -> list[str]:
     """Sorted names of the registered architectures (timm models are available as ``timm:NAME`` besides)."""
-    return sorted(_ENTRIES)
+    return sorted(_CLASSIFIERS)
 
 
 def get_entry(name: str) -> Callable[[], nn.Module]:
-    """The entry function registered under ``name``.
+    """The classifier entry function registered under ``name``.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid names and the closest match.
     """
-    if name not in _ENTRIES:
-        close = difflib.get_close_matches(name, list(_ENTRIES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown model name {name!r}.{hint} Valid names: {', '.join(list_classifiers())}, "
-            f"or 'timm:NAME' for any timm model"
-        )
-    return _ENTRIES[name]
+    if name not in _CLASSIFIERS:
+        raise ValueError(_unknown("model name", name, list(_CLASSIFIERS), ", or 'timm:NAME' for any timm model"))
+    return _CLASSIFIERS[name]
 
 
-# Entry functions: the architecture only (1000-class ImageNet head, random init); weights and the head swap
-# are handled by ``create_classifier``.
+# ----------------------------------------------------------------------------- detectors
 
 
-@register_classifier("resnet18")
-def resnet18() -> nn.Module:
-    """ResNet-18 (11.7M parameters, 512-d features)."""
-    return tvm.resnet18(weights=None)
+def no_config_kwargs(detect: DetectConfig) -> dict[str, Any]:
+    """``config_kwargs`` of a detector that takes no keyword from the ``detect`` section."""
+    return {}
 
 
-@register_classifier("resnet34")
-def resnet34() -> nn.Module:
-    """ResNet-34 (21.8M parameters, 512-d features)."""
-    return tvm.resnet34(weights=None)
+@dataclass(frozen=True)
+class DetectorEntry:
+    """A registered detector.
+
+    Attributes:
+        name: the registry name.
+        build: ``build(*, num_classes, weights, **kwargs) -> Detector``.
+        config_kwargs: ``config_kwargs(detect) -> kwargs``: the architecture and loss keywords this detector
+            takes from a :class:`~detkit.config.DetectConfig` (raising ``ValueError`` naming ``detect.KEY``
+            for a value it cannot honour). Post-processing thresholds are not among them: every detector
+            takes those through :meth:`~detkit.models.detector.Detector.set_postprocess`.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    config_kwargs: Callable[[DetectConfig], dict[str, Any]] = no_config_kwargs
 
 
-@register_classifier("resnet50")
-def resnet50() -> nn.Module:
-    """ResNet-50 (25.6M parameters, 2048-d features)."""
-    return tvm.resnet50(weights=None)
+def register_detector(
+    name: str, config_kwargs: Callable[[DetectConfig], dict[str, Any]] = no_config_kwargs
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering ``fn(*, num_classes, weights, **kwargs) -> Detector`` under ``name``."""
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _DETECTORS or name in _CLASSIFIERS:
+            raise ValueError(f"model name {name!r} is already registered")
+        _DETECTORS[name] = DetectorEntry(name, fn, config_kwargs)
+        return fn
+
+    return decorator
 
 
-@register_classifier("resnet101")
-def resnet101() -> nn.Module:
-    """ResNet-101 (44.5M parameters, 2048-d features)."""
-    return tvm.resnet101(weights=None)
+def list_detectors() -> list[str]:
+    """Sorted names accepted by :func:`detkit.models.create_detector`."""
+    return sorted(_DETECTORS)
 
 
-@register_classifier("resnet152")
-def resnet152() -> nn.Module:
-    """ResNet-152 (60.2M parameters, 2048-d features)."""
-    return tvm.resnet152(weights=None)
+def is_detector(name: str) -> bool:
+    """Whether ``name`` is a registered detector."""
+    return name in _DETECTORS
 
 
-@register_classifier("wide_resnet50_2")
-def wide_resnet50_2() -> nn.Module:
-    """Wide ResNet-50-2 (68.9M parameters, 2048-d features)."""
-    return tvm.wide_resnet50_2(weights=None)
+def detector_entry(name: str) -> DetectorEntry:
+    """The :class:`DetectorEntry` of ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
+    if name not in _DETECTORS:
+        raise ValueError(_unknown("detector name", name, list(_DETECTORS)))
+    return _DETECTORS[name]
 
 
-@register_classifier("wide_resnet101_2")
-def wide_resnet101_2() -> nn.Module:
-    """Wide ResNet-101-2 (126.9M parameters, 2048-d features)."""
-    return tvm.wide_resnet101_2(weights=None)
-
-
-@register_classifier("resnext50_32x4d")
-def resnext50_32x4d() -> nn.Module:
-    """ResNeXt-50 32x4d (25.0M parameters, 2048-d features)."""
-    return tvm.resnext50_32x4d(weights=None)
-
-
-@register_classifier("resnext101_32x8d")
-def resnext101_32x8d() -> nn.Module:
-    """ResNeXt-101 32x8d (88.8M parameters, 2048-d features)."""
-    return tvm.resnext101_32x8d(weights=None)
-
-
-@register_classifier("resnext101_64x4d")
-def resnext101_64x4d() -> nn.Module:
-    """ResNeXt-101 64x4d (83.5M parameters, 2048-d features)."""
-    return tvm.resnext101_64x4d(weights=None)
+def _unknown(what: str, name: str, valid: list[str], tail: str = "") -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {name!r}.{hint} Valid names: {', '.join(sorted(valid))}{tail}"

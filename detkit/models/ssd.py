@@ -1,6 +1,6 @@
 """ResNet-SSD: an ImageNet ResNet without its classifier, extra down-sampling blocks and per-level 3x3 predictors.
 
-``SingleShotDetector`` holds the forward shared with TinySSD: features -> predictors -> anchors -> loss or detections.
+Registers ``resnet18_ssd``, ``resnet34_ssd`` and ``resnet50_ssd``; the forward is :class:`SingleShotDetector`'s.
 """
 
 from __future__ import annotations
@@ -14,211 +14,23 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import ResNet
 
+from detkit.config.sections import FIRST_LEVELS, DetectConfig
 from detkit.models.classifier import create_classifier
-from detkit.models.detection_losses import MultiboxLoss
-from detkit.models.detector import Detector, Stages, check_detection_inputs, child_params
+from detkit.models.detector import child_params
+from detkit.models.meta import ModelMeta, normalization_from_info
+from detkit.models.registry import register_detector
+from detkit.models.single_shot import (
+    SingleShotDetector,
+    SSDPredictionHead,
+    loss_config_kwargs,
+)
+from detkit.models.stages import Stages
 from detkit.models.weights import load_weights_file, read_state_dict, strip_prefixes
-from detkit.ops import DefaultBoxGenerator, postprocess_detections
+from detkit.ops import DefaultBoxGenerator
 
-__all__ = ["ResNetSSD", "SSDPredictionHead", "SingleShotDetector", "resnet_ssd"]
+__all__ = ["FIRST_LEVELS", "RESNET_SSD_ARCHS", "ResNetSSD", "resnet_ssd", "resnet_ssd_config_kwargs"]
 
 RESNET_SSD_ARCHS = ("resnet18", "resnet34", "resnet50")
-FIRST_LEVELS = ("layer2", "layer3")  # the finest feature level of a ResNet-SSD: stride 8 or stride 16
-
-
-class SSDPredictionHead(nn.Module):
-    """Per-level 3x3 convolutions predicting class logits and box offsets for every anchor.
-
-    Args:
-        in_channels: channels of each feature level.
-        num_anchors: anchors per cell of each level.
-        num_columns: class-logit columns per anchor (``C + 1`` with a background column, ``C`` without).
-        prior_probability: if given, the class biases start at ``-log((1 - p) / p)`` (RetinaNet's prior,
-            for sigmoid/focal heads); otherwise at 0.
-
-    Shapes:
-        ``forward(features)``: one ``Tensor[B, C_l, h_l, w_l]`` per level -> ``(class_logits Tensor[B, A,
-        num_columns], box_regression Tensor[B, A, 4])``, ``A = sum_l h_l * w_l * k_l``, anchors ordered
-        level, row, column, anchor (the order of :mod:`detkit.ops.anchors`).
-    """
-
-    def __init__(
-        self,
-        *,
-        in_channels: Sequence[int],
-        num_anchors: Sequence[int],
-        num_columns: int,
-        prior_probability: float | None = None,
-    ) -> None:
-        super().__init__()
-        if len(in_channels) != len(num_anchors):
-            raise ValueError(
-                f"in_channels and num_anchors need one entry per level, got {len(in_channels)} and {len(num_anchors)}"
-            )
-        self.num_columns = num_columns
-        self.cls_predictors = nn.ModuleList(
-            nn.Conv2d(c, k * num_columns, kernel_size=3, padding=1) for c, k in zip(in_channels, num_anchors)
-        )
-        self.box_predictors = nn.ModuleList(
-            nn.Conv2d(c, k * 4, kernel_size=3, padding=1) for c, k in zip(in_channels, num_anchors)
-        )
-        bias = 0.0 if prior_probability is None else -math.log((1 - prior_probability) / prior_probability)
-        for conv in [*self.cls_predictors, *self.box_predictors]:
-            nn.init.xavier_uniform_(conv.weight)
-            nn.init.zeros_(conv.bias)
-        for conv in self.cls_predictors:
-            nn.init.constant_(conv.bias, bias)
-
-    @staticmethod
-    def _flatten(x: Tensor, columns: int) -> Tensor:
-        # [B, k * X, h, w] -> [B, h, w, k * X] -> [B, h * w * k, X]; contiguous for channels_last inputs
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, columns)
-
-    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        if len(features) != len(self.cls_predictors):
-            raise ValueError(f"expected {len(self.cls_predictors)} feature levels, got {len(features)}")
-        logits = [self._flatten(p(f), self.num_columns) for p, f in zip(self.cls_predictors, features)]
-        boxes = [self._flatten(p(f), 4) for p, f in zip(self.box_predictors, features)]
-        return torch.cat(logits, dim=1), torch.cat(boxes, dim=1)
-
-
-class SingleShotDetector(Detector):
-    """Forward, loss and post-processing shared by single-shot detectors (ResNet-SSD, TinySSD).
-
-    Subclasses build ``self.head`` (an :class:`SSDPredictionHead` with ``self.loss_fn.num_columns(C)``
-    columns) and implement ``extract_features(images) -> list[Tensor]`` and
-    ``anchors_for(features, image_size) -> Tensor[A, 4]`` (pixel ``(x1, y1, x2, y2)``, cached).
-
-    Args:
-        num_classes: number of object classes C.
-        cls_loss, box_loss, neg_pos_ratio, min_negatives, iou_threshold, bg_iou_threshold, focal_alpha,
-            focal_gamma, box_weight: options of :class:`~detkit.models.detection_losses.MultiboxLoss`.
-        score_thresh: per-class score below which detections are dropped.
-        nms_thresh: IoU above which class-aware NMS suppresses the lower-scoring box.
-        detections_per_img: detections kept per image.
-        topk_candidates: candidates kept per image and class before NMS.
-    """
-
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        cls_loss: str = "ce",
-        box_loss: str = "smooth_l1",
-        neg_pos_ratio: float = 3.0,
-        min_negatives: int = 0,
-        iou_threshold: float = 0.5,
-        bg_iou_threshold: float | None = None,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        box_weight: float = 1.0,
-        score_thresh: float = 0.01,
-        nms_thresh: float = 0.45,
-        detections_per_img: int = 200,
-        topk_candidates: int = 400,
-    ) -> None:
-        super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        self.num_classes = num_classes
-        self.loss_fn = MultiboxLoss(
-            cls_loss=cls_loss,
-            box_loss=box_loss,
-            neg_pos_ratio=neg_pos_ratio,
-            min_negatives=min_negatives,
-            iou_threshold=iou_threshold,
-            bg_iou_threshold=bg_iou_threshold,
-            focal_alpha=focal_alpha,
-            focal_gamma=focal_gamma,
-            box_weight=box_weight,
-        )
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
-        self.topk_candidates = topk_candidates
-
-    @property
-    def num_columns(self) -> int:
-        """Class-logit columns per anchor: ``C + 1`` (column 0 background) for ``ce``, ``C`` for ``focal``."""
-        return self.loss_fn.num_columns(self.num_classes)
-
-    def extract_features(self, images: Tensor) -> list[Tensor]:
-        """Feature maps ``Tensor[B, C_l, h_l, w_l]``, one per level, finest first."""
-        raise NotImplementedError
-
-    def anchors_for(self, features: Sequence[Tensor], image_size: tuple[int, int]) -> Tensor:
-        """``Tensor[A, 4]`` pixel anchors ``(x1, y1, x2, y2)`` for these feature maps and ``(H, W)``."""
-        raise NotImplementedError
-
-    def head_outputs(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Raw predictions for a batch.
-
-        Args:
-            images: ``Tensor[B, 3, H, W]`` normalised images.
-
-        Returns:
-            ``(class_logits Tensor[B, A, K], box_regression Tensor[B, A, 4], anchors Tensor[A, 4])``, with
-            ``K = num_columns`` and anchors in the input's pixels ``(x1, y1, x2, y2)``.
-        """
-        features = self.extract_features(images)
-        class_logits, box_regression = self.head(features)
-        anchors = self.anchors_for(features, (int(images.shape[-2]), int(images.shape[-1])))
-        return class_logits, box_regression, anchors
-
-    def forward(
-        self, images: Tensor, targets: list[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Losses in training mode, detections in eval mode (see :class:`~detkit.models.detector.Detector`).
-
-        Args:
-            images: ``Tensor[B, 3, H, W]`` normalised images (any size; multiples of 32 for ResNet-SSD).
-            targets: in training, one dict per image: ``boxes`` ``Tensor[K, 4]`` ``(x1, y1, x2, y2)`` in
-                the input's pixels, ``labels`` ``Tensor[K]`` int64 in ``0..C-1``.
-
-        Returns:
-            Training: ``{"loss_cls", "loss_box", "loss"}`` scalars (``"loss"`` is the total). Eval: one dict
-            per image with ``boxes`` ``Tensor[K, 4]`` (input pixels), ``scores`` ``Tensor[K]``, ``labels``
-            ``Tensor[K]`` int64 in ``0..C-1``.
-        """
-        images, targets = check_detection_inputs(images, targets, self.num_classes, self.training)
-        class_logits, box_regression, anchors = self.head_outputs(images)
-        if self.training:
-            return self.loss_fn(class_logits, box_regression, anchors, targets)
-        return self.postprocess(class_logits, box_regression, anchors, (int(images.shape[-2]), int(images.shape[-1])))
-
-    def postprocess(
-        self, class_logits: Tensor, box_regression: Tensor, anchors: Tensor, image_size: tuple[int, int]
-    ) -> list[dict[str, Tensor]]:
-        """Detections from head outputs via :func:`detkit.ops.postprocess_detections`.
-
-        Args:
-            class_logits: ``Tensor[B, A, K]``.
-            box_regression: ``Tensor[B, A, 4]``.
-            anchors: ``Tensor[A, 4]`` pixel ``(x1, y1, x2, y2)``.
-            image_size: ``(H, W)`` of the input; boxes are clipped to it.
-
-        Returns:
-            One dict per image: ``boxes`` ``Tensor[K, 4]``, ``scores`` ``Tensor[K]``, ``labels`` ``Tensor[K]``
-            int64 in ``0..C-1``.
-        """
-        background = self.loss_fn.has_background_column
-        detections = postprocess_detections(
-            class_logits.float(),
-            box_regression.float(),
-            anchors.float(),
-            [image_size] * class_logits.shape[0],
-            box_coder=self.loss_fn.box_coder,
-            score_thresh=self.score_thresh,
-            topk_candidates=self.topk_candidates,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
-            activation="softmax" if background else "sigmoid",
-            background_class=0 if background else None,
-        )
-        if background:
-            for det in detections:
-                det["labels"] = det["labels"] - 1  # column k + 1 is class k
-        return detections
 
 
 EXTRA_NORMS = ("group", "batch")
@@ -394,19 +206,33 @@ def resnet_ssd(
     backbone = create_classifier(arch, 1, "none" if whole_detector else weights)
     model = ResNetSSD(backbone=backbone, num_classes=num_classes, **kwargs)
     meta = backbone.detkit_meta
-    mean, std = meta["mean"], meta["std"]
+    normalization = (meta.mean, meta.std) if meta.mean is not None else None
     if whole_detector:
-        info = load_weights_file(model, weights)["info"]
-        normalization = info.get("normalization") or {}
-        mean = tuple(normalization["mean"]) if "mean" in normalization else None
-        std = tuple(normalization["std"]) if "std" in normalization else None
-    model.detkit_meta = {
-        "name": f"{arch}_ssd",
-        "num_classes": num_classes,
-        "weights": weights,
-        "pretrained": whole_detector or bool(meta["pretrained"]),
-        "mean": mean,
-        "std": std,
-        "input_size": int(input_size),
-    }
+        normalization = normalization_from_info(load_weights_file(model, weights)["info"])
+    model.detkit_meta = ModelMeta.create(f"{arch}_ssd", num_classes, weights,
+                                         pretrained=whole_detector or meta.pretrained,
+                                         normalization=normalization, input_size=input_size)
     return model
+
+
+def resnet_ssd_config_kwargs(detect: DetectConfig) -> dict[str, Any]:
+    """A ResNet-SSD's keywords from the ``detect`` section: the loss options and ``first_level``."""
+    return {**loss_config_kwargs(detect), "first_level": detect.first_level}
+
+
+@register_detector("resnet18_ssd", config_kwargs=resnet_ssd_config_kwargs)
+def resnet18_ssd(*, num_classes: int, weights: str = "auto", **kwargs: Any) -> ResNetSSD:
+    """SSD on an ImageNet ResNet-18: 6 levels (strides 16 .. 512), ~15M parameters."""
+    return resnet_ssd("resnet18", num_classes=num_classes, weights=weights, **kwargs)
+
+
+@register_detector("resnet34_ssd", config_kwargs=resnet_ssd_config_kwargs)
+def resnet34_ssd(*, num_classes: int, weights: str = "auto", **kwargs: Any) -> ResNetSSD:
+    """SSD on an ImageNet ResNet-34: 6 levels (strides 16 .. 512)."""
+    return resnet_ssd("resnet34", num_classes=num_classes, weights=weights, **kwargs)
+
+
+@register_detector("resnet50_ssd", config_kwargs=resnet_ssd_config_kwargs)
+def resnet50_ssd(*, num_classes: int, weights: str = "auto", **kwargs: Any) -> ResNetSSD:
+    """SSD on an ImageNet ResNet-50: 6 levels (strides 16 .. 512)."""
+    return resnet_ssd("resnet50", num_classes=num_classes, weights=weights, **kwargs)

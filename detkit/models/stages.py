@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from torch import nn
+from torchvision.models.resnet import ResNet
 
 Stages = dict[str, list[tuple[str, nn.Parameter]]]
 
@@ -69,11 +70,6 @@ def param_stages(model: nn.Module) -> Stages:
     return stages
 
 
-def stage_of_parameters(model: nn.Module) -> dict[str, str]:
-    """``{parameter name: stage name}`` for every parameter of ``model`` (names as in ``param_stages``)."""
-    return {name: stage for stage, params in param_stages(model).items() for name, _ in params}
-
-
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:
     """Module-name prefixes (``"fc."``) under which the ``head`` stage's parameters and buffers live."""
     names = [name for name, _ in param_stages(model).get("head", [])]
@@ -81,8 +77,6 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 
 def _is_torchvision_resnet(model: nn.Module) -> bool:
-    from torchvision.models.resnet import ResNet
-
     return isinstance(model, ResNet)
 
 

@@ -11,19 +11,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detkit.models.detector import Stages, child_params
-from detkit.models.ssd import SingleShotDetector, SSDPredictionHead
+from detkit.config.sections import DetectConfig
+from detkit.models.detector import child_params
+from detkit.models.meta import ModelMeta, normalization_from_info
+from detkit.models.registry import register_detector
+from detkit.models.single_shot import (
+    SingleShotDetector,
+    SSDPredictionHead,
+    loss_config_kwargs,
+)
+from detkit.models.stages import Stages
 from detkit.models.weights import load_weights_file
-from detkit.ops import multibox_prior
+from detkit.ops import MultiboxPriorGenerator
 
-__all__ = ["TINY_SSD_RATIOS", "TINY_SSD_SIZES", "TinySSD", "down_sample_block", "tiny_ssd"]
+__all__ = ["TINY_SSD_RATIOS", "TINY_SSD_SIZES", "TinySSD", "down_sample_block", "tiny_ssd", "tiny_ssd_config_kwargs"]
 
 #: the textbook's anchor sizes per level, fractions of the feature map (two sizes each)
 TINY_SSD_SIZES = ((0.2, 0.272), (0.37, 0.447), (0.54, 0.619), (0.71, 0.79), (0.88, 0.961))
 #: the textbook's width/height ratios, the same on every level
 TINY_SSD_RATIOS = ((1.0, 2.0, 0.5),) * 5
-
-_CACHE_SIZE = 8
 
 
 def down_sample_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -65,8 +71,7 @@ class TinySSD(SingleShotDetector):
         super().__init__(num_classes=num_classes, **kwargs)
         if len(sizes) != 5 or len(ratios) != 5:
             raise ValueError(f"sizes and ratios need one entry per level (5), got {len(sizes)} and {len(ratios)}")
-        self.sizes = [list(s) for s in sizes]
-        self.ratios = [list(r) for r in ratios]
+        self.anchor_generator = MultiboxPriorGenerator(sizes, ratios)
         self.base = nn.Sequential(down_sample_block(3, 16), down_sample_block(16, 32), down_sample_block(32, 64))
         self.blocks = nn.ModuleList(
             [
@@ -78,11 +83,10 @@ class TinySSD(SingleShotDetector):
         )
         self.head = SSDPredictionHead(
             in_channels=[64, 128, 128, 128, 128],
-            num_anchors=[len(s) + len(r) - 1 for s, r in zip(self.sizes, self.ratios)],
+            num_anchors=self.anchor_generator.num_anchors_per_location(),
             num_columns=self.num_columns,
             prior_probability=None if self.loss_fn.has_background_column else 0.01,
         )
-        self._anchor_cache: dict[tuple[Any, ...], Tensor] = {}
 
     def extract_features(self, images: Tensor) -> list[Tensor]:
         """Five maps: base net output, three down-sampling blocks, global max pool."""
@@ -93,23 +97,20 @@ class TinySSD(SingleShotDetector):
             features.append(x)
         return features
 
+    @property
+    def sizes(self) -> list[list[float]]:
+        """Per-level anchor sizes (fractions of the map)."""
+        return self.anchor_generator.sizes
+
+    @property
+    def ratios(self) -> list[list[float]]:
+        """Per-level width/height ratios."""
+        return self.anchor_generator.ratios
+
     def anchors_for(self, features: Sequence[Tensor], image_size: tuple[int, int]) -> Tensor:
-        shapes = tuple(tuple(f.shape[-2:]) for f in features)
-        device = features[0].device
-        key = (shapes, tuple(image_size), device)
-        anchors = self._anchor_cache.get(key)
-        if anchors is None:
-            height, width = image_size
-            scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=device)
-            per_level = [
-                multibox_prior(f.new_empty((0, *f.shape[-2:]), dtype=torch.float32), s, r)[0]  # [h * w * k, 4]
-                for f, s, r in zip(features, self.sizes, self.ratios)
-            ]
-            anchors = torch.cat(per_level) * scale  # [A, 4] pixels
-            if len(self._anchor_cache) >= _CACHE_SIZE:
-                self._anchor_cache.pop(next(iter(self._anchor_cache)))
-            self._anchor_cache[key] = anchors
-        return anchors
+        return self.anchor_generator.grid_anchors(
+            [tuple(f.shape[-2:]) for f in features], image_size, dtype=torch.float32, device=features[0].device
+        )
 
     def detkit_stages(self) -> Stages:
         """``base`` (down-sampling to stride 8), ``extras`` (the later blocks), ``head`` (predictors)."""
@@ -133,21 +134,19 @@ def tiny_ssd(*, num_classes: int, weights: str = "auto", input_size: int = 256, 
     if weights in ("imagenet", "coco"):
         raise ValueError(f"tiny_ssd has no published {weights} weights; use weights='none' or a checkpoint PATH")
     model = TinySSD(num_classes=num_classes, **kwargs)
-    pretrained = False
-    mean = std = None
+    normalization = None
     if weights not in ("auto", "none"):
-        info = load_weights_file(model, weights)["info"]
-        pretrained = True
-        normalization = info.get("normalization") or {}
-        mean = tuple(normalization["mean"]) if "mean" in normalization else None
-        std = tuple(normalization["std"]) if "std" in normalization else None
-    model.detkit_meta = {
-        "name": "tiny_ssd",
-        "num_classes": num_classes,
-        "weights": weights,
-        "pretrained": pretrained,
-        "mean": mean,
-        "std": std,
-        "input_size": int(input_size),
-    }
+        normalization = normalization_from_info(load_weights_file(model, weights)["info"])
+    model.detkit_meta = ModelMeta.create("tiny_ssd", num_classes, weights, pretrained=weights not in ("auto", "none"),
+                                         normalization=normalization, input_size=input_size)
     return model
+
+
+def tiny_ssd_config_kwargs(detect: DetectConfig) -> dict[str, Any]:
+    """TinySSD's keywords from the ``detect`` section: the loss options (it has no ``first_level`` choice)."""
+    if detect.first_level != "layer3":
+        raise ValueError("detect.first_level: only ResNet-SSDs have a layer2 level, not tiny_ssd; leave it at layer3")
+    return loss_config_kwargs(detect)
+
+
+register_detector("tiny_ssd", config_kwargs=tiny_ssd_config_kwargs)(tiny_ssd)

@@ -17,7 +17,8 @@ from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.ssd import SSD
 
-from detkit.models.detector import Detector, Stages, check_detection_inputs
+from detkit.models.detector import Detector, check_detection_inputs
+from detkit.models.meta import ModelMeta, normalization_from_info
 from detkit.models.pretrained import (
     OFFLINE_ENV,
     WeightsUnavailableError,
@@ -25,9 +26,16 @@ from detkit.models.pretrained import (
     hub_cache_path,
     network_available,
 )
+from detkit.models.registry import register_detector
+from detkit.models.stages import Stages
 from detkit.models.weights import load_weights_file, read_state_dict, strip_prefixes
 
-__all__ = ["TorchvisionDetector", "coco_weights_path", "swap_class_predictors", "torchvision_detector"]
+__all__ = ["TORCHVISION_DETECTORS", "TorchvisionDetector", "coco_pretrained_detector", "coco_weights_path",
+           "swap_class_predictors", "torchvision_detector"]
+
+#: the torchvision detection models registered as ``torchvision:NAME``
+TORCHVISION_DETECTORS = ("fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "ssd300_vgg16",
+                         "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
 
 logger = logging.getLogger(__name__)
 
@@ -283,39 +291,80 @@ def torchvision_detector(
         raise ValueError(
             f"torchvision model {tv_name!r} is a {type(model).__name__}; expected FasterRCNN, RetinaNet or SSD"
         )
-    transform = model.transform
-    mean = tuple(float(m) for m in transform.image_mean)
-    std = tuple(float(s) for s in transform.image_std)
-    input_size = int(transform.fixed_size[0] if transform.fixed_size else transform.min_size[0])
-
-    info: dict[str, Any] = {}
-    raw_file = False
-    if is_file:
-        file_state, _ = read_state_dict(weights)
-        state = strip_prefixes(file_state, set(model.state_dict()))
-        # a detkit checkpoint of this adapter has "model."-prefixed keys and is loaded after the swap
-        raw_file = not any(k.startswith("model.") for k in file_state) and _loads_strictly(model, state)
-        if raw_file:  # torchvision's own layout and class count (e.g. the COCO release): load before the swap
-            model.load_state_dict(state, strict=False)
-            logger.info("loaded torchvision weights for %s from %s", tv_name, weights)
-    label_offset = 0 if isinstance(model, RetinaNet) else 1
+    normalization, input_size = _preprocessing(model)
+    raw_file = is_file and _load_raw_torchvision_file(model, tv_name, weights)
+    label_offset = _label_offset(model)
     head_modules = swap_class_predictors(model, num_classes + label_offset)
     detector = TorchvisionDetector(
         model=model, num_classes=num_classes, head_modules=head_modules, label_offset=label_offset
     )
     if is_file and not raw_file:
-        info = load_weights_file(detector, weights)["info"]
+        normalization = normalization_from_info(load_weights_file(detector, weights)["info"]) or normalization
     pretrained = path is not None or is_file
-    normalization = info.get("normalization") or {}
-    if "mean" in normalization:
-        mean, std = tuple(normalization["mean"]), tuple(normalization["std"])
-    detector.detkit_meta = {
-        "name": f"torchvision:{tv_name}",
-        "num_classes": num_classes,
-        "weights": weights,
-        "pretrained": pretrained,
-        "mean": mean if pretrained else None,
-        "std": std if pretrained else None,
-        "input_size": input_size,
-    }
+    detector.detkit_meta = ModelMeta.create(f"torchvision:{tv_name}", num_classes, weights, pretrained=pretrained,
+                                            normalization=normalization if pretrained else None,
+                                            input_size=input_size)
     return detector
+
+
+def _preprocessing(model: nn.Module) -> tuple[tuple[tuple[float, ...], tuple[float, ...]], int]:
+    """``((mean, std), input side)`` of a torchvision detector's own transform (its COCO weights')."""
+    transform = model.transform
+    mean = tuple(float(m) for m in transform.image_mean)
+    std = tuple(float(s) for s in transform.image_std)
+    return (mean, std), int(transform.fixed_size[0] if transform.fixed_size else transform.min_size[0])
+
+
+def _label_offset(model: nn.Module) -> int:
+    # torchvision reserves class column 0 for the background, except RetinaNet (sigmoid classes)
+    return 0 if isinstance(model, RetinaNet) else 1
+
+
+def _load_raw_torchvision_file(model: nn.Module, tv_name: str, path: str) -> bool:
+    """Load ``path`` before the class predictors are swapped when it is torchvision's own layout and class
+    count (e.g. the COCO release); a detkit checkpoint of this adapter ("model."-prefixed keys) is not."""
+    file_state, _ = read_state_dict(path)
+    state = strip_prefixes(file_state, set(model.state_dict()))
+    if any(k.startswith("model.") for k in file_state) or not _loads_strictly(model, state):
+        return False
+    model.load_state_dict(state, strict=False)
+    logger.info("loaded torchvision weights for %s from %s", tv_name, path)
+    return True
+
+
+def coco_pretrained_detector(tv_name: str) -> tuple[TorchvisionDetector, list[str], list[int]]:
+    """torchvision's COCO-pretrained detector ``tv_name`` with its own COCO head, ready for inference.
+
+    The weights must be in the torch hub cache (or downloadable).
+
+    Returns:
+        ``(detector, classes, category_ids)``: labels ``0..C-1`` name ``classes[i]`` and map to COCO
+        category ``category_ids[i]`` (torchvision's label = COCO category id).
+
+    Raises:
+        WeightsUnavailableError: the weights are neither cached nor downloadable; the message names the cache
+            path to put the file at.
+    """
+    coco_weights_path(tv_name, "coco")  # raises with the cache path when the weights are missing
+    weights = tvm.get_model_weights(tv_name)["DEFAULT"]
+    tv_model = tvm.get_model(tv_name, weights=weights, weights_backbone=None)
+    normalization, input_size = _preprocessing(tv_model)
+    offset = _label_offset(tv_model)
+    categories = list(weights.meta["categories"])
+    classes = categories[offset:]
+    model = TorchvisionDetector(model=tv_model, num_classes=len(classes), head_modules=[], label_offset=offset)
+    model.detkit_meta = ModelMeta.create(f"torchvision:{tv_name}", len(classes), "coco", pretrained=True,
+                                         normalization=normalization, input_size=input_size)
+    return model, classes, [i + offset for i in range(len(classes))]
+
+
+def _register(tv_name: str) -> None:
+    def build(*, num_classes: int, weights: str, **kwargs: Any) -> TorchvisionDetector:
+        return torchvision_detector(tv_name, num_classes=num_classes, weights=weights, **kwargs)
+
+    build.__doc__ = f"torchvision {tv_name} (COCO weights when available)."
+    register_detector(f"torchvision:{tv_name}")(build)
+
+
+for _name in TORCHVISION_DETECTORS:
+    _register(_name)

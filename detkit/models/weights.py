@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from torch import Tensor, nn
 from detkit.models.stages import head_prefixes, unwrap_model
 
 logger = logging.getLogger(__name__)
+
+#: the ``format`` entry of a detkit checkpoint (``detkit.models.checkpoint``)
+CHECKPOINT_FORMAT = "detkit"
 
 # Nested containers a state dict is commonly found under, in the order they are tried.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
@@ -48,7 +52,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         raise FileNotFoundError(f"weights file {path} does not exist")
     obj = _load_file(path)
     info: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and obj.get("format") == "detkit":
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         info = {key: obj[key] for key in ("model_meta", "normalization", "classes") if key in obj}
         obj = obj["model"]
     for _ in range(4):  # unwrap a few levels of nesting at most
@@ -115,75 +119,85 @@ def load_weights_file(
     state, info = read_state_dict(path)
     target = model.state_dict()
     state = strip_prefixes(state, set(target))
-    try:
-        heads = head_prefixes(model)
-    except ValueError:
-        heads = ()  # no recognisable head: every key is held to the backbone's rules
-
-    def is_head(key: str) -> bool:
-        return key.startswith(heads) if heads else False
-
-    def optional(key: str) -> bool:
-        return key.endswith(_OPTIONAL_SUFFIXES)
-
-    loadable: dict[str, Tensor] = {}
-    skipped: list[tuple[str, str]] = []
-    bad_shapes: list[str] = []
-    for key, value in state.items():
-        if key not in target:
-            continue
-        if value.shape == target[key].shape:
-            loadable[key] = value
-        elif is_head(key):
-            skipped.append((key, f"shape {tuple(value.shape)} in file, {tuple(target[key].shape)} in model"))
-        else:
-            bad_shapes.append(f"{key}: {tuple(value.shape)} in file vs {tuple(target[key].shape)} in model")
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-
-    if skipped:
+    match = _match_keys(model, state, target)
+    if match.skipped:
         message = (
-            f"not loading the head from {path}: it has {_class_count(state, skipped)} classes and the model "
-            f"has {_class_count(target, skipped)} ({', '.join(k for k, _ in skipped)}); the head keeps its "
-            f"fresh initialisation"
+            f"not loading the head from {path}: it has {_class_count(state, match.skipped)} classes and the model "
+            f"has {_class_count(target, match.skipped)} ({', '.join(k for k, _ in match.skipped)}); the head keeps "
+            f"its fresh initialisation"
         )
         if strict_head:
             raise ValueError(message)
         logger.warning(message)
-    backbone_missing = [k for k in missing if not is_head(k) and not optional(k)]
-    backbone_unexpected = [k for k in unexpected if not is_head(k) and not optional(k)]
-    problems = []
-    if bad_shapes:
-        problems.append(f"{len(bad_shapes)} shape mismatches: {'; '.join(bad_shapes[:5])}")
-    if backbone_missing:
-        problems.append(f"{len(backbone_missing)} model keys missing from the file, e.g. {backbone_missing[:5]}")
-    if backbone_unexpected:
-        problems.append(f"{len(backbone_unexpected)} file keys the model lacks, e.g. {backbone_unexpected[:5]}")
+    problems = match.backbone_problems()
     if problems:
         message = f"weights file {path} does not fit {type(model).__name__}: " + "; ".join(problems)
         if strict_backbone:
             raise ValueError(message + " (is this file for another architecture?)")
         logger.warning(message)
 
-    model.load_state_dict(loadable, strict=False)
-    head_keys = [k for k in target if is_head(k)]
+    model.load_state_dict(match.loadable, strict=False)
+    head_keys = [k for k in target if match.is_head(k)]
     report = {
         "path": str(path),
-        "loaded": sorted(loadable),
-        "skipped": skipped,
-        "missing": missing,
-        "unexpected": unexpected,
-        "head_loaded": bool(head_keys) and all(k in loadable for k in head_keys),
+        "loaded": sorted(match.loadable),
+        "skipped": match.skipped,
+        "missing": match.missing,
+        "unexpected": match.unexpected,
+        "head_loaded": bool(head_keys) and all(k in match.loadable for k in head_keys),
         "info": info,
     }
-    logger.info(
-        "loaded %d/%d tensors from %s (head %s)",
-        len(loadable),
-        len(target),
-        path,
-        "loaded" if report["head_loaded"] else "not loaded",
-    )
+    logger.info("loaded %d/%d tensors from %s (head %s)", len(match.loadable), len(target), path,
+                "loaded" if report["head_loaded"] else "not loaded")
     return report
+
+
+@dataclass
+class _KeyMatch:
+    """How a file's tensors line up with a model's state: what loads, what is skipped, what does not fit."""
+
+    heads: tuple[str, ...]
+    loadable: dict[str, Tensor] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # head tensors of another shape
+    bad_shapes: list[str] = field(default_factory=list)  # non-head tensors of another shape
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def is_head(self, key: str) -> bool:
+        return key.startswith(self.heads) if self.heads else False
+
+    def backbone_problems(self) -> list[str]:
+        """One phrase per kind of mismatch outside the head (optional buffers never count)."""
+        missing = [k for k in self.missing if not self.is_head(k) and not k.endswith(_OPTIONAL_SUFFIXES)]
+        unexpected = [k for k in self.unexpected if not self.is_head(k) and not k.endswith(_OPTIONAL_SUFFIXES)]
+        problems = []
+        if self.bad_shapes:
+            problems.append(f"{len(self.bad_shapes)} shape mismatches: {'; '.join(self.bad_shapes[:5])}")
+        if missing:
+            problems.append(f"{len(missing)} model keys missing from the file, e.g. {missing[:5]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} file keys the model lacks, e.g. {unexpected[:5]}")
+        return problems
+
+
+def _match_keys(model: nn.Module, state: dict[str, Tensor], target: dict[str, Tensor]) -> _KeyMatch:
+    try:
+        heads = head_prefixes(model)
+    except ValueError:
+        heads = ()  # no recognisable head: every key is held to the backbone's rules
+    match = _KeyMatch(heads)
+    for key, value in state.items():
+        if key not in target:
+            continue
+        if value.shape == target[key].shape:
+            match.loadable[key] = value
+        elif match.is_head(key):
+            match.skipped.append((key, f"shape {tuple(value.shape)} in file, {tuple(target[key].shape)} in model"))
+        else:
+            match.bad_shapes.append(f"{key}: {tuple(value.shape)} in file vs {tuple(target[key].shape)} in model")
+    match.missing = [k for k in target if k not in state]
+    match.unexpected = [k for k in state if k not in target]
+    return match
 
 
 def _load_file(path: Path) -> Any:

@@ -3,7 +3,12 @@
 Exact (agree with ``torchvision.ops`` index for index), vectorised, and the same code on CPU and CUDA.
 """
 
-from detkit.ops.anchors import AnchorGenerator, DefaultBoxGenerator, multibox_prior
+from detkit.ops.anchors import (
+    AnchorGenerator,
+    DefaultBoxGenerator,
+    MultiboxPriorGenerator,
+    multibox_prior,
+)
 from detkit.ops.boxes import (
     box_area,
     box_convert,
@@ -28,6 +33,7 @@ __all__ = [
     "BoxCoder",
     "DefaultBoxGenerator",
     "Matcher",
+    "MultiboxPriorGenerator",
     "assign_anchors",
     "batched_nms",
     "box_area",

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from detkit.ops._checks import check_tensor
 
-__all__ = ["AnchorGenerator", "DefaultBoxGenerator", "multibox_prior"]
+__all__ = ["AnchorGenerator", "DefaultBoxGenerator", "MultiboxPriorGenerator", "multibox_prior"]
 
 _Key = tuple[tuple[tuple[int, int], ...], tuple[int, int], torch.dtype, torch.device]
 
@@ -376,3 +376,37 @@ class DefaultBoxGenerator(_GridAnchorModule):
             f"{type(self).__name__}(aspect_ratios={self.aspect_ratios}, clip={self.clip}, "
             f"scales={self.scales}, steps={self.steps})"
         )
+
+
+class MultiboxPriorGenerator(_GridAnchorModule):
+    """The textbook's :func:`multibox_prior` on several levels, in pixels, cached per shape like the others.
+
+    Level ``l`` gets ``multibox_prior`` of its ``(h_l, w_l)`` map with ``sizes[l]`` and ``ratios[l]``
+    (``len(sizes[l]) + len(ratios[l]) - 1`` anchors per cell), scaled by the image's width and height.
+
+    Args:
+        sizes: per-level anchor sizes, fractions of the map (e.g. TinySSD's ``[[0.2, 0.272], ...]``).
+        ratios: per-level width/height ratios.
+        cache_size: how many generated grids to keep.
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]], cache_size: int = 8) -> None:
+        if len(sizes) == 0 or len(sizes) != len(ratios):
+            raise ValueError(f"sizes and ratios need one entry per level, got {len(sizes)} and {len(ratios)}")
+        super().__init__(len(sizes), cache_size)
+        self.sizes = [_positive_numbers(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
+        self.ratios = [_positive_numbers(f"ratios[{i}]", r) for i, r in enumerate(ratios)]
+
+    def num_anchors_per_location(self) -> list[int]:
+        """Anchors per grid cell for each level."""
+        return [len(s) + len(r) - 1 for s, r in zip(self.sizes, self.ratios)]
+
+    def _compute(self, feature_shapes: list[tuple[int, int]], image_size: tuple[int, int]) -> Tensor:
+        height, width = image_size
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        per_level = [multibox_prior(torch.empty(0, h, w), s, r)[0]  # [h * w * k, 4] fractions of the map
+                     for (h, w), s, r in zip(feature_shapes, self.sizes, self.ratios)]
+        return torch.cat(per_level) * scale
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sizes={self.sizes}, ratios={self.ratios})"

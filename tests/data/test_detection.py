@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import detkit.data.detection as detection
+import detkit.data.seeding as seeding
 from detkit.data.det_transforms import build_detection_transforms, letterbox_boxes, unletterbox_boxes
 from detkit.data.detection import DetectionDataset, detection_collate, load_coco_json
 from detkit.data.images import DatasetError
@@ -231,7 +232,7 @@ def test_each_dataloader_worker_reseeds_the_augmentation(root, monkeypatch):
     ds = DetectionDataset(root, split="train", transform=build_detection_transforms(True, 32, seed=0))
     outputs = {}
     for worker_seed in (11, 12, 11):
-        monkeypatch.setattr(detection, "get_worker_info", lambda s=worker_seed: SimpleNamespace(id=0, seed=s))
+        monkeypatch.setattr(seeding, "get_worker_info", lambda s=worker_seed: SimpleNamespace(id=0, seed=s))
         ds._transform_seed = None  # a fresh worker process
         outputs.setdefault(worker_seed, []).append(ds[0][0])
         assert ds.transform.seed == worker_seed

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from detkit.io import atomic_write_text
 from detkit.engine.checkpoint import (
     atomic_save,
-    atomic_write_text,
     capture_rng_state,
     load_checkpoint,
     load_model_state,
@@ -49,12 +49,12 @@ def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path, monkeyp
 
 
 def test_crash_during_text_write_keeps_old_text(tmp_path):
-    path = atomic_write_text("old\n", tmp_path / "metrics.json")
+    path = atomic_write_text(tmp_path / "metrics.json", "old\n")
 
     class Boom(Exception):
         pass
 
-    from detkit.engine.checkpoint import atomic_write
+    from detkit.io import atomic_write
 
     def write(f):
         f.write(b"partial")

@@ -14,8 +14,9 @@ from detkit.config import DataConfig, TrainConfig
 from detkit.data.det_synthetic import make_shapes_detection
 from detkit.data.det_transforms import DetectionAugment
 from detkit.engine.checkpoint import load_checkpoint
-from detkit.engine.detection_task import DetectConfig, DetectionSplit, DetectionTask
-from detkit.engine.experiment import build_loader
+from detkit.config import DetectConfig
+from detkit.engine.tasks import DetectionSplit, DetectionTask
+from detkit.engine.loaders import build_loader
 from detkit.engine.optim import OptimConfig, build_optimizer
 from detkit.engine.schedule import ScheduleConfig, build_scheduler
 from detkit.engine.trainer import Trainer, evaluate
@@ -91,7 +92,7 @@ def test_build_model_carries_classes_category_ids_and_thresholds(shapes_root):
 
 def test_first_level_reaches_resnet_ssds_and_survives_a_checkpoint_round_trip(tmp_path):
     from detkit.engine.checkpoint import save_checkpoint
-    from detkit.engine.predict import Predictor
+    from detkit.infer import Predictor
 
     detect = {"first_level": "layer2", "box_loss": "giou"}
     task = DetectionTask(["a", "b"], [5, 9], DetectConfig(**detect))

@@ -179,7 +179,7 @@ def test_non_finite_loss_stops_with_the_batch_file_names(tmp_path):
 
 
 def test_detect_task_is_the_detection_task_on_the_same_trainer():
-    from detkit.engine.detection_task import DetectionTask
+    from detkit.engine.tasks import DetectionTask
 
     task = build_task(apply_overrides(ExperimentConfig(), ["task=detect"]), ["a", "b"])
     assert isinstance(task, DetectionTask)

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import torch
 
 from detkit.engine.checkpoint import save_checkpoint
-from detkit.engine.detection_task import DetectConfig, DetectionTask
+from detkit.config import DetectConfig
+from detkit.engine.tasks import DetectionTask
 
 REPO = Path(__file__).resolve().parents[2]
 

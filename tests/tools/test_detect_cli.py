@@ -1,4 +1,4 @@
-"""tools/detect.py and detkit.engine.predict: odd images, predictions.json, YOLO txt, COCO-pretrained models."""
+"""tools/detect.py and detkit.infer: odd images, predictions.json, YOLO txt, COCO-pretrained models."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from detkit.data.images import read_image
-from detkit.engine.predict import Predictor, find_sources, yolo_lines
+from detkit.infer import Predictor, find_sources, yolo_lines
 
 from cli_helpers import cli_env, run_in_process, run_tool, save_tiny_detector
 

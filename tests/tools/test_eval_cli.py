@@ -10,7 +10,7 @@ import torch
 
 from detkit.data.det_synthetic import DET_CLASSES, make_shapes_detection
 from detkit.data.images import read_image
-from detkit.engine.predict import Predictor
+from detkit.infer import Predictor
 
 from cli_helpers import cli_env, load_tool, run_in_process, run_tool, save_tiny_detector
 

@@ -82,8 +82,8 @@ def _bench_latency(args: argparse.Namespace) -> None:
 def _bench_training(args: argparse.Namespace) -> None:
     from detkit.config import DataConfig, TrainConfig
     from detkit.data.det_synthetic import make_shapes_detection
-    from detkit.engine.detection_task import DetectionTask
-    from detkit.engine.experiment import build_loader
+    from detkit.engine.tasks import DetectionTask
+    from detkit.engine.loaders import build_loader
     from detkit.engine.optim import OptimConfig, build_optimizer
     from detkit.engine.trainer import Trainer
 

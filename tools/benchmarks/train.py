@@ -79,7 +79,7 @@ def _bench_loops(root: Path, args: argparse.Namespace) -> None:
     from detkit.config import DataConfig, TrainConfig
     from detkit.data.classification import ImageFolderDataset
     from detkit.data.transforms import build_classification_transforms
-    from detkit.engine.experiment import build_loader
+    from detkit.engine.loaders import build_loader
     from detkit.engine.optim import OptimConfig, build_optimizer
     from detkit.engine.schedule import ScheduleConfig, build_scheduler
     from detkit.engine.tasks import ClassificationTask

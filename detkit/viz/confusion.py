@@ -1,21 +1,21 @@
-"""Plots for training reports: the confusion matrix as a matplotlib figure, written to PNG atomically.
+"""The confusion matrix of a classifier as a heat map (rows true class, columns predicted class).
 
-Figures are built on the Agg canvas directly (no pyplot state), so plotting is safe in headless and threaded runs.
+Built on the Agg canvas directly (no pyplot state), so plotting is safe in headless and threaded runs.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from detkit.io import atomic_write
+from detkit.viz.figures import new_figure, save_figure
+
+__all__ = ["plot_confusion_matrix"]
 
 # Cell values are written into the cells up to this many classes; beyond, only colours are shown.
 _MAX_ANNOTATED = 30
@@ -53,8 +53,7 @@ def plot_confusion_matrix(
         values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
 
     side = min(4.0 + 0.45 * c, 30.0)
-    fig = Figure(figsize=(side + 1.5, side), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(side + 1.5, side)
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(values.max(), 1.0))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -74,15 +73,3 @@ def plot_confusion_matrix(
     if path is not None:
         save_figure(fig, path)
     return fig
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Save ``fig`` as PNG at ``path`` atomically: a crash mid-write leaves any previous file intact."""
-    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """Render ``fig`` to an H×W×3 uint8 RGB array (for ``SummaryWriter.add_image(..., dataformats="HWC")``)."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -1,0 +1,172 @@
+"""The sections of an experiment config as plain dataclasses: data, model, optim, schedule, freeze, train, detect.
+
+Each field is one key with its default and a one-line comment (the comments generate ``configs/README.md``).
+This module imports no torch and no model code, so reading a config is cheap and never builds anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from detkit.config.augment import ClassificationAugment, DetectionAugment
+from detkit.errors import ConfigError
+
+__all__ = [
+    "FIRST_LEVELS",
+    "RESIZE_MODES",
+    "TASKS",
+    "DataConfig",
+    "DetectConfig",
+    "ExperimentConfig",
+    "FreezeConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+]
+
+#: the config's ``task`` values; each names a task class registered in ``detkit.engine.tasks``
+TASKS = ("classify", "detect")
+#: the finest feature level of a ResNet-SSD: layer2 (stride 8) or layer3 (stride 16)
+FIRST_LEVELS = ("layer2", "layer3")
+#: eval and inference geometry of detection inputs
+RESIZE_MODES = ("letterbox", "resize")
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shapes"  # dataset root holding <train_split>/<class>/* and <val_split>/<class>/* (ImageFolder layout)
+    train_split: str = "train"  # sub-folder of root used for training
+    val_split: str | None = "val"  # sub-folder of root used for validation (null: no validation)
+    img_size: int | None = None  # side of the square network input in pixels, train crop and eval centre crop (null: the pretrained weights' input size, else 224)
+    batch_size: int = 32  # images per optimiser micro-batch and per process (DDP: per rank)
+    eval_batch_size: int | None = None  # images per validation batch (null: 2 x batch_size)
+    workers: int = 2  # DataLoader worker processes (0: load in the main process)
+    pin_memory: bool = True  # page-locked host memory for faster copies (only used with a CUDA device)
+    persistent_workers: bool = False  # keep DataLoader workers alive between epochs (needs workers > 0)
+    prefetch_factor: int = 2  # batches loaded ahead by each worker (needs workers > 0)
+    drop_last: bool = True  # drop the last incomplete training batch (avoids a BatchNorm batch of one)
+    mean: list[float] | None = None  # per-channel normalisation mean in [0, 1] units; used only without pretrained weights (null: computed from the train set)
+    std: list[float] | None = None  # per-channel normalisation std in [0, 1] units; same rule as mean
+    stats_max_images: int = 500  # train images sampled to compute mean/std when they are needed
+    scan: bool = True  # scan every image upfront and skip unreadable files (reported in the run summary)
+    scan_workers: int | None = None  # threads for the upfront scan (null: CPU count)
+    augment: ClassificationAugment = field(default_factory=ClassificationAugment)  # train-time augmentation and eval resize
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # architecture: resnet18/34/50/101/152, wide_resnet50_2/101_2, resnext50_32x4d/101_32x8d/101_64x4d or timm:NAME
+    weights: str = "auto"  # imagenet (must be available), auto (imagenet if cached, else random init), none, or a weights file path
+    dropout: float = 0.0  # dropout probability before the new classification head
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and per-stage learning rates (``optim:`` section of a config)."""
+
+    name: str = "sgd"  # one of sgd, adam, adamw, rmsprop, adagrad, adadelta
+    lr: float = 0.01  # base learning rate (backbone stages; the head gets lr * head_lr_mult)
+    momentum: float = 0.9  # momentum for sgd and rmsprop
+    nesterov: bool = False  # Nesterov momentum (sgd only; needs momentum > 0)
+    weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw) on weights that are not norm/bias
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW moment decay rates
+    eps: float = 1e-8  # numerical epsilon of adam, adamw, rmsprop, adagrad, adadelta
+    head_lr_mult: float = 10.0  # head lr = lr * head_lr_mult (ignored for stages set by layer_decay/group_lrs)
+    layer_decay: float | None = None  # if set, stage lr = lr * layer_decay ** (distance from head); head gets lr
+    group_lrs: dict[str, float] | None = None  # explicit lr per stage name, e.g. {layer4: 0.01}; wins over the rest
+    no_decay_norm_bias: bool = True  # no weight decay on normalisation-layer and bias parameters
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule (``schedule:`` section of a config)."""
+
+    name: str = "cosine"  # one of cosine, onecycle, step, constant
+    warmup_epochs: float = 1.0  # linear warmup length for cosine/step/constant (fractions allowed; onecycle: unused)
+    warmup_start_ratio: float = 0.01  # lr factor at the first warmup step, rising linearly to 1
+    min_lr_ratio: float = 0.01  # cosine: final lr as a fraction of each group's base lr
+    step_epochs: tuple[float, ...] = (30.0, 60.0)  # step: epochs at which lr *= gamma
+    gamma: float = 0.1  # step: multiplicative decay at each of step_epochs
+    pct_start: float = 0.3  # onecycle: fraction of all steps spent rising to the peak lr
+    div_factor: float = 25.0  # onecycle: start lr = base lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: final lr = base lr / (div_factor * final_div_factor)
+
+
+@dataclass
+class FreezeConfig:
+    """Backbone freezing schedule (``freeze:`` section of a config)."""
+
+    backbone_epochs: int = 0  # epochs at the start during which every stage except the head is frozen
+    gradual: bool = False  # after backbone_epochs, unfreeze one stage at a time from the head backwards
+    stage_epochs: int = 1  # gradual: epochs between unfreezing one stage and the next
+    freeze_bn: bool = True  # BatchNorm layers of frozen stages stay in eval mode (running stats unchanged)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # number of training epochs
+    device: str = "auto"  # auto (first CUDA device if any, else CPU), cpu, cuda or cuda:N
+    amp: bool = False  # automatic mixed precision (bfloat16 autocast on CPU; float16 + GradScaler or bfloat16 on CUDA)
+    amp_dtype: str = "auto"  # autocast dtype: auto (bfloat16 on CPU, float16 on CUDA), float16 or bfloat16
+    channels_last: bool = False  # channels-last memory format for the model and its inputs
+    grad_clip: float | None = None  # clip the global gradient L2 norm to this value (null: no clipping)
+    accumulate: int = 1  # micro-batches whose gradients are summed before each optimiser step
+    label_smoothing: float = 0.0  # label smoothing of the classification cross-entropy loss
+    seed: int = 0  # seed for torch, numpy, random, augmentation and DataLoader order
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) and deterministic cuDNN
+    output: str = "runs/exp"  # run directory: checkpoints, metrics, TensorBoard events, config.yaml
+    resume: str | None = None  # checkpoint to continue from (a last.pt path, or auto = <output>/last.pt)
+    eval_every: int = 1  # validate every N epochs (the last epoch is always validated)
+    progress: bool = True  # tqdm progress bars (also off when stderr is not a terminal)
+    tensorboard: bool = True  # write TensorBoard events to <output>/tensorboard
+    log_every: int = 0  # also log train loss every N optimiser steps (0: once per epoch)
+
+
+@dataclass
+class DetectConfig:
+    score_thresh: float = 0.01  # evaluation: per-class score below which detections are dropped (keep low for mAP)
+    nms_thresh: float = 0.45  # IoU above which class-aware NMS suppresses the lower-scoring box
+    max_det: int = 100  # detections kept per image (COCO evaluates at most 100)
+    topk_candidates: int = 400  # candidates kept per image and class before NMS (SSDs, RetinaNet)
+    resize_mode: str = "letterbox"  # eval and inference geometry: letterbox (keep aspect, pad) or resize (stretch)
+    cls_loss: str = "ce"  # SSD classification loss: ce (softmax, 3:1 hard-negative mining) or focal (sigmoid)
+    box_loss: str = "smooth_l1"  # SSD box loss on positives: smooth_l1 (on encoded offsets) or giou
+    neg_pos_ratio: float = 3.0  # SSD hard negatives per positive (cls_loss ce)
+    box_weight: float = 1.0  # SSD factor of the box loss in the total loss
+    first_level: str = "layer3"  # ResNet-SSD's finest level: layer3 (stride 16) or layer2 (stride 8, small objects)
+    grid_images: int = 8  # val images in val_predictions.png (predictions beside ground truth; 0: no grid)
+    grid_score: float = 0.3  # score from which a prediction is drawn in the grid
+    augment: DetectionAugment = field(default_factory=DetectionAugment)  # train-time box-aware augmentation
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"detect.resize_mode: expected letterbox or resize, got {self.resize_mode!r}")
+        for name in ("score_thresh", "grid_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"detect.{name}: expected a value in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.nms_thresh <= 1.0:
+            raise ValueError(f"detect.nms_thresh: expected a value in (0, 1], got {self.nms_thresh}")
+        for name in ("max_det", "topk_candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"detect.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.first_level not in FIRST_LEVELS:
+            raise ValueError(f"detect.first_level: expected one of {FIRST_LEVELS}, got {self.first_level!r}")
+        if self.grid_images < 0:
+            raise ValueError(f"detect.grid_images: expected >= 0, got {self.grid_images}")
+
+
+@dataclass
+class ExperimentConfig:
+    task: str = "classify"  # classify or detect (detection arrives with the detection issue)
+    data: DataConfig = field(default_factory=DataConfig)  # dataset, loaders and augmentation
+    model: ModelConfig = field(default_factory=ModelConfig)  # architecture and initial weights
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser and per-group learning rates
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # learning-rate schedule, stepped per optimiser step
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)  # backbone freezing and unfreezing
+    train: TrainConfig = field(default_factory=TrainConfig)  # loop, device, precision, seeds and outputs
+    detect: DetectConfig = field(default_factory=DetectConfig)  # detection only (task detect): thresholds, eval geometry, loss, box augmentation
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")

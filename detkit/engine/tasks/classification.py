@@ -1,0 +1,105 @@
+"""The classification task: ImageFolder splits, classifiers from ``create_classifier``, cross-entropy, accuracy.
+
+``best.pt`` maximises top-1 validation accuracy; the confusion matrix is written beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.config.sections import ExperimentConfig
+from detkit.data.classification import ImageFolderDataset
+from detkit.data.images import read_image
+from detkit.data.transforms import build_classification_transforms
+from detkit.engine.checkpoint import atomic_save
+from detkit.engine.tasks.base import Task, register_task
+from detkit.eval.classification import ClassificationEvaluator
+from detkit.models.classifier import create_classifier
+from detkit.viz.confusion import plot_confusion_matrix
+
+__all__ = ["ClassificationTask"]
+
+
+@register_task("classify")
+class ClassificationTask(Task):
+    """Image classification with a cross-entropy loss; ``best.pt`` maximises top-1 validation accuracy.
+
+    Args:
+        classes: class names; logit ``i`` scores ``classes[i]``.
+        label_smoothing: label smoothing of the training loss (validation loss uses none).
+    """
+
+    best_metric = "val_acc"
+    best_mode = "max"
+
+    def __init__(self, classes: list[str], label_smoothing: float = 0.0) -> None:
+        if len(classes) < 2:
+            raise ValueError(f"classes: a classifier needs at least 2 classes, got {list(classes)}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing}")
+        self.classes = list(classes)
+        self.num_classes = len(classes)
+        self.label_smoothing = label_smoothing
+
+    @staticmethod
+    def load_split(data_cfg: Any, split: str, classes: list[str] | None = None) -> Any:
+        """``ImageFolderDataset`` of ``data_cfg.root/<split>/<class>/*`` (upfront scan per ``data_cfg.scan``)."""
+        return ImageFolderDataset(data_cfg.root, split=split, classes=classes, scan=data_cfg.scan,
+                                  scan_workers=data_cfg.scan_workers)
+
+    def build_transform(self, data_cfg: Any, img_size: int, normalization: dict[str, Any], train: bool) -> Any:
+        """albumentations pipeline giving ``Tensor[3, img_size, img_size]`` float32, normalised."""
+        return build_classification_transforms(train=train, img_size=img_size, mean=normalization["mean"],
+                                               std=normalization["std"], aug=data_cfg.augment)
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, classes: list[str], **splits: Any) -> ClassificationTask:
+        """The task for ``cfg`` over ``classes`` (``train.label_smoothing``; the splits are not needed)."""
+        return cls(classes, label_smoothing=cfg.train.label_smoothing)
+
+    def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0) -> nn.Module:
+        """``create_classifier(name, C, weights, dropout)``."""
+        return create_classifier(name, self.num_classes, weights=weights, dropout=dropout)
+
+    def train_step(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = model(images)  # (B, C)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            sums = {
+                "loss": loss.detach() * targets.numel(),
+                "correct": (logits.argmax(dim=1) == targets).sum(),
+                "count": torch.tensor(targets.numel(), device=targets.device),
+            }
+        return loss, sums
+
+    def summarize_train(self, sums: dict[str, float]) -> dict[str, float]:
+        count = max(float(sums.get("count", 0.0)), 1.0)
+        return {"train_loss": float(sums["loss"]) / count, "train_acc": float(sums["correct"]) / count}
+
+    def new_evaluator(self, dataset: Any = None) -> ClassificationEvaluator:
+        return ClassificationEvaluator(self.classes)
+
+    def save_artifacts(self, metrics: dict[str, Any], out_dir: Path, writer: Any | None = None,
+                       epoch: int | None = None) -> None:
+        """Write ``confusion_matrix.pt`` (Tensor[C, C] int64, rows true, cols predicted) and its PNG."""
+        cm = metrics.get("confusion_matrix")
+        if cm is None:
+            return
+        out_dir = Path(out_dir)
+        atomic_save(cm.cpu(), out_dir / "confusion_matrix.pt")
+        png = out_dir / "confusion_matrix.png"
+        plot_confusion_matrix(cm.cpu(), self.classes, path=png)
+        if writer is not None:
+            # re-reading the PNG is far cheaper than having matplotlib draw the figure a second time
+            writer.add_image("val/confusion_matrix", read_image(png), global_step=epoch, dataformats="HWC")
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        pairs = metrics.get("most_confused") or []
+        if not pairs:
+            return ""
+        return "most confused (true -> predicted: count): " + ", ".join(f"{t} -> {p}: {n}" for t, p, n in pairs)
