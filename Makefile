@@ -29,14 +29,14 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PYTHON) tools/make_dataset.py shapes --task detect --out data/shapes_det --n-train 2000 --n-val 200 --seed 0
-	$(PYTHON) tools/finetune.py --config configs/shapes_det_resnet18_ssd.yaml
+	$(PYTHON) tools/finetune.py --config configs/shapes_det_resnet18_ssd.yaml --exist-ok
 	$(PYTHON) tools/detect.py --checkpoint runs/shapes_det_resnet18_ssd/best.pt --source data/shapes_det/val \
 		--output runs/shapes_det_resnet18_ssd/detect
 	@echo "make demo: annotated val images and predictions.json are in runs/shapes_det_resnet18_ssd/detect"
 
 demo-classify: $(STAMP)
 	$(PYTHON) tools/make_dataset.py shapes --task classify --out data/shapes --n-train 2000 --n-val 400 --size 128 --seed 0
-	$(PYTHON) tools/finetune.py --config configs/shapes_cls_resnet18.yaml
+	$(PYTHON) tools/finetune.py --config configs/shapes_cls_resnet18.yaml --exist-ok
 
 bench: $(STAMP)
 	$(PYTHON) tools/bench.py ops

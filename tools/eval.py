@@ -45,20 +45,21 @@ def _score(value: float) -> str:
 
 
 def _classification_lines(metrics: dict) -> list[str]:
-    """Accuracy, per-class precision/recall table and confusion matrix."""
+    """Accuracy, per-class precision/recall table and confusion matrix, with class names in full."""
     classes = metrics["classes"]
+    label = max(len("class"), *(len(c) for c in classes))
     lines = [
         f"acc@1 {metrics['val_acc']:.4f}  acc@5 {metrics['val_acc5']:.4f}  loss {metrics['val_loss']:.4f}",
         "",
-        f"{'class':<20} {'precision':>9} {'recall':>9}",
+        f"{'class':<{label}} {'precision':>9} {'recall':>9}",
     ]
     for name, row in metrics["val_per_class"].items():
-        lines.append(f"{name[:20]:<20} {row['precision']:>9.4f} {row['recall']:>9.4f}")
+        lines.append(f"{name:<{label}} {row['precision']:>9.4f} {row['recall']:>9.4f}")
     cm = metrics["confusion_matrix"].tolist()
-    width = max(5, *(len(str(v)) for r in cm for v in r)) + 1
+    widths = [max(len(c), *(len(str(r[j])) for r in cm)) + 1 for j, c in enumerate(classes)]
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * 20 + "".join(f"{c[:width - 1]:>{width}}" for c in classes)]
-    lines += [f"{c[:20]:<20}" + "".join(f"{v:>{width}}" for v in r) for c, r in zip(classes, cm)]
+              " " * label + "".join(f"{c:>{w}}" for c, w in zip(classes, widths))]
+    lines += [f"{c:<{label}}" + "".join(f"{v:>{w}}" for v, w in zip(r, widths)) for c, r in zip(classes, cm)]
     if metrics.get("most_confused"):
         lines += ["", "most confused: " + ", ".join(f"{t} -> {p} ({n})" for t, p, n in metrics["most_confused"])]
     return lines
@@ -66,16 +67,17 @@ def _classification_lines(metrics: dict) -> list[str]:
 
 def _detection_lines(metrics: dict) -> list[str]:
     """COCO mAP, AR and the per-class AP table."""
+    label = max(len("class"), *(len(c) for c in metrics["val_per_class_ap"]))
     loss = f"  loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
     lines = [
         f"mAP@[.5:.95] {_score(metrics['val_map'])}  mAP50 {_score(metrics['val_map50'])}  "
         f"mAP75 {_score(metrics['val_map75'])}  AR@100 {_score(metrics['val_ar100'])}{loss}",
         f"{metrics['val_detections']} detections",
         "",
-        f"{'class':<20} {'AP':>9} {'AP50':>9}",
+        f"{'class':<{label}} {'AP':>9} {'AP50':>9}",
     ]
     for name, row in metrics["val_per_class_ap"].items():
-        lines.append(f"{name[:20]:<20} {_score(row['ap']):>9} {_score(row['ap50']):>9}")
+        lines.append(f"{name:<{label}} {_score(row['ap']):>9} {_score(row['ap50']):>9}")
     if any(row["ap"] < 0 for row in metrics["val_per_class_ap"].values()):
         lines += ["", "n/a: the class has no ground-truth boxes in this split"]
     return lines

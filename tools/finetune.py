@@ -1,4 +1,4 @@
-"""Fine-tune a classifier from a YAML recipe, dotted overrides and flags; the run lands in --output.
+"""Train a classifier or a detector from a YAML recipe, dotted overrides and flags; the run lands in --output.
 
 Examples:
     python tools/finetune.py --config configs/shapes_cls_resnet18.yaml
@@ -37,6 +37,8 @@ FLAG_KEYS = {
     "workers": "data.workers",
     "seed": "train.seed",
     "resume": "train.resume",
+    "deterministic": "train.deterministic",
+    "exist_ok": "train.exist_ok",
 }
 
 
@@ -57,6 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="DataLoader worker processes (data.workers)")
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument("--resume", help="checkpoint to continue from, or auto for OUTPUT/last.pt (train.resume)")
+    parser.add_argument("--deterministic", action="store_true", default=None,
+                        help="deterministic kernels and cuDNN (train.deterministic; slower)")
+    parser.add_argument("--exist-ok", action="store_true", default=None,
+                        help="train into an --output that already holds a run, replacing it (train.exist_ok)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="console log level")
     return parser

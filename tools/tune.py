@@ -28,6 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="fixed dotted overrides applied to every run, e.g. train.epochs=2")
     parser.add_argument("--output", type=Path, default=Path("runs/tune"), help="root directory of the runs")
+    parser.add_argument("--exist-ok", action="store_true", help="replace the runs of an earlier grid in --output")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="console log level")
     return parser
@@ -39,12 +40,13 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *([("train.exist_ok", True)] if args.exist_ok else [])])
     result = tune(cfg, parse_grid(args.grid), args.output)
     for run in result["runs"]:
         params = ", ".join(f"{k}={v}" for k, v in run["params"].items())
-        value = run["best"].get("value")
-        print(f"{params}: best {value if value is None else round(value, 4)} ({run['dir']})")
+        value = run["value"]
+        shown = f"{result['metric']} {value:.4f}" if value is not None else f"failed: {run.get('error', 'no result')}"
+        print(f"{params}: best {shown} ({run['dir']})")
     print(f"results: {result['csv']} and {result['json']}")
     return 0
 

@@ -217,17 +217,26 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
 def apply_overrides(cfg: ExperimentConfig, overrides: Iterable[str | tuple[str, Any]]) -> ExperimentConfig:
     """New config with dotted overrides applied (``"train.epochs=3"`` or ``("train.epochs", 3)``).
 
-    Keys may also be unique leaf names (``lr`` for ``optim.lr``); values are type-checked.
+    Keys may also be unique leaf names (``lr`` for ``optim.lr``); each value is type-checked as it is applied,
+    so an invalid one is reported even when a later override (a CLI flag) sets the same key.
     """
     data = config_to_dict(cfg)
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         parts = (key if _has_path(data, key) else resolve_key(key)).split(".")
+        _coerce(value, _annotation(parts), ".".join(parts))
         node = data
         for part in parts[:-1]:
             node = node[part]
         node[parts[-1]] = value
     return config_from_dict(data)
+
+
+def _annotation(parts: list[str], cls: type = ExperimentConfig) -> Any:
+    """The declared type of the dotted key ``parts`` (a leaf or a whole section)."""
+    for part in parts:
+        cls = typing.get_type_hints(cls)[part]
+    return cls
 
 
 def _has_path(data: dict[str, Any], key: str) -> bool:

@@ -55,7 +55,7 @@ def config_reference(cls: type = ExperimentConfig, prefix: str = "") -> list[tup
 def config_reference_markdown() -> str:
     """Markdown table of every config key (what ``configs/README.md`` embeds between its markers)."""
     lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for key, type_name, default, comment in config_reference():
-        cells = [f"`{key}`", type_name.replace("|", "\\|"), f"`{default}`", comment.replace("|", "\\|")]
+    for key, typed, default, comment in config_reference():
+        cells = [f"`{key}`", typed.replace("|", "\\|"), f"`{default}`", comment.replace("|", "\\|")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

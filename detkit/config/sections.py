@@ -53,10 +53,21 @@ class DataConfig:
     scan_workers: int | None = None  # threads for the upfront scan (null: CPU count)
     augment: ClassificationAugment = field(default_factory=ClassificationAugment)  # train-time augmentation and eval resize
 
+    def __post_init__(self) -> None:
+        if self.img_size is not None and self.img_size < 1:
+            raise ValueError(f"data.img_size: expected a positive number of pixels or null, got {self.img_size}")
+        for name in ("batch_size", "prefetch_factor", "stats_max_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size: expected an integer >= 1 or null, got {self.eval_batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"data.workers: expected >= 0, got {self.workers}")
+
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # architecture: resnet18/34/50/101/152, wide_resnet50_2/101_2, resnext50_32x4d/101_32x8d/101_64x4d or timm:NAME
+    name: str = "resnet18"  # classifiers: resnet18/34/50/101/152, wide_resnet50_2/101_2, resnext50_32x4d/101_32x8d/101_64x4d or timm:NAME; detectors (task detect): resnet18/34/50_ssd, tiny_ssd, torchvision:NAME (python -c "import detkit.models as m; print(m.list_detectors())")
     weights: str = "auto"  # imagenet (must be available), auto (imagenet if cached, else random init), none, or a weights file path
     dropout: float = 0.0  # dropout probability before the new classification head
 
@@ -121,6 +132,23 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bars (also off when stderr is not a terminal)
     tensorboard: bool = True  # write TensorBoard events to <output>/tensorboard
     log_every: int = 0  # also log train loss every N optimiser steps (0: once per epoch)
+    exist_ok: bool = False  # train into an output folder that already holds a run (its checkpoints and metrics are replaced); without it such a run is refused unless resumed
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first key whose value cannot work."""
+        for name in ("epochs", "accumulate", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"train.{name}: expected an integer >= 1, got {value!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"train.grad_clip: expected a positive max norm or null, got {self.grad_clip}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing: expected a value in [0, 1), got {self.label_smoothing}")
+        if self.log_every < 0:
+            raise ValueError(f"train.log_every: expected >= 0, got {self.log_every}")
 
 
 @dataclass
@@ -158,7 +186,7 @@ class DetectConfig:
 
 @dataclass
 class ExperimentConfig:
-    task: str = "classify"  # classify or detect (detection arrives with the detection issue)
+    task: str = "classify"  # classify (ImageFolder classes, a classifier) or detect (COCO-layout boxes, a detector)
     data: DataConfig = field(default_factory=DataConfig)  # dataset, loaders and augmentation
     model: ModelConfig = field(default_factory=ModelConfig)  # architecture and initial weights
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser and per-group learning rates

@@ -58,6 +58,10 @@ def evaluate_checkpoint(
         ``val_images``, ``val_detections``, ``val_loss*`` (single-shot detectors), ``val_per_class_ap``
         (``{name: {"ap", "ap50"}}``), ``pr_curves`` (Tensor[C, 101]) and ``prediction_grid`` (Tensor[H, W, 3] uint8).
     """
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size: expected an integer >= 1 (images per batch), got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers: expected >= 0 DataLoader worker processes, got {workers}")
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt)
@@ -72,9 +76,8 @@ def evaluate_checkpoint(
     model = model_from_checkpoint(ckpt)
 
     dev = resolve_device(device)
-    data_cfg = DataConfig(**{**vars(cfg.data), "root": str(data_root), "workers": workers})
-    if batch_size is not None:
-        data_cfg.eval_batch_size = batch_size
+    data_cfg = DataConfig(**{**vars(cfg.data), "root": str(data_root), "workers": workers,
+                             "eval_batch_size": batch_size or cfg.data.eval_batch_size})
     img_size = cfg.data.img_size or meta.input_size or DEFAULT_IMG_SIZE
     dataset = task.load_split(data_cfg, split, classes)
     dataset.transform = task.build_transform(data_cfg, img_size, normalization, train=False)

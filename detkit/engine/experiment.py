@@ -52,6 +52,8 @@ __all__ = [
     "one_line",
     "resolve_normalization",
     "resolve_resume",
+    "RUN_FILES",
+    "check_output_folder",
     "run_experiment",
 ]
 
@@ -163,6 +165,9 @@ def build_experiment(cfg: ExperimentConfig, *, dist_info: DistInfo | None = None
     model = _build_model(cfg, task, ckpt, dist_info)
     meta = ModelMeta.of(model)
     img_size = cfg.data.img_size or (meta.input_size if meta else None) or DEFAULT_IMG_SIZE
+    smallest = getattr(model, "min_input_size", 1)
+    if img_size < smallest:
+        raise ValueError(f"data.img_size: {cfg.model.name} needs inputs of at least {smallest} px, got {img_size}")
     if ckpt is not None and ckpt.get("normalization"):
         normalization = dict(ckpt["normalization"])
     else:
@@ -213,7 +218,8 @@ def _build_model(cfg: ExperimentConfig, task: Task, ckpt: dict[str, Any] | None,
     if ckpt is not None:
         model = model_from_checkpoint(ckpt)
     else:
-        model = task.build_model(cfg.model.name, weights=cfg.model.weights, dropout=cfg.model.dropout)
+        model = task.build_model(cfg.model.name, weights=cfg.model.weights, dropout=cfg.model.dropout,
+                                 img_size=cfg.data.img_size)
     if distributed and dist_info.is_main:
         barrier()
     return model
@@ -263,6 +269,30 @@ def _build_trainer(cfg: ExperimentConfig, task: Task, model: nn.Module, train_se
     )
 
 
+#: files that mark a folder as holding a training run
+RUN_FILES = ("last.pt", "best.pt", "metrics.json")
+
+
+def check_output_folder(cfg: ExperimentConfig) -> None:
+    """Refuse, before anything is built, an output folder that cannot take this run.
+
+    A folder holding another run (``last.pt``, ``best.pt`` or ``metrics.json``) is refused unless the run resumes
+    (``train.resume``) or ``train.exist_ok`` allows replacing it; a folder that cannot be written is refused too.
+    """
+    output = Path(cfg.train.output)
+    found = [name for name in RUN_FILES if (output / name).exists()]
+    if found and not cfg.train.resume and not cfg.train.exist_ok:
+        raise ValueError(f"train.output: {output} already holds a run ({', '.join(found)}); continue it with "
+                         f"--resume auto, replace it with --exist-ok (train.exist_ok=true), or choose another --output")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"train.output: cannot write to {output}: {err.strerror or err}") from err
+
+
 @contextmanager
 def _run_log(output: Path, enabled: bool) -> Iterator[None]:
     """Copy detkit's log records to ``OUTPUT/train.log`` for the duration of a run."""
@@ -295,8 +325,9 @@ def run_experiment(cfg: ExperimentConfig, hooks: Sequence[Hook] = ()) -> dict[st
     Returns:
         ``{"epochs": [per-epoch metrics], "best": {...}, "summary": {...}}``.
     """
-    dist_info = init_distributed(cfg.train.device)
     output = Path(cfg.train.output)
+    check_output_folder(cfg)
+    dist_info = init_distributed(cfg.train.device)
     try:
         with _run_log(output, dist_info.is_main):
             if dist_info.is_main:

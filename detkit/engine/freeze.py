@@ -20,7 +20,8 @@ class Freezer:
 
     The trainer calls ``apply(epoch)`` right after ``model.train()``. Stages come from
     ``detkit.models.param_stages`` (``stem``, ``layer1`` … ``layer4``, ``head`` for ResNets); ``head`` is
-    never frozen. Parameters of frozen stages get ``requires_grad=False`` and ``.grad=None``, so an optimiser
+    never frozen, nor are the other stages a model lists in ``detkit_new_stages`` (stages that start from random
+    weights while the backbone is pretrained, such as an SSD's ``extras``). Parameters of frozen stages get ``requires_grad=False`` and ``.grad=None``, so an optimiser
     holding them skips them entirely (no update, no weight decay, no momentum); unfrozen stages get
     ``requires_grad=True``.
 
@@ -41,6 +42,7 @@ class Freezer:
         model = unwrap_model(model)
         stages = param_stages(model)
         self.stage_names = list(stages)
+        self._new_stages = {"head", *getattr(model, "detkit_new_stages", ())}
         self._params = {stage: [p for _, p in named] for stage, named in stages.items()}
         stage_by_param = {name: stage for stage, named in stages.items() for name, _ in named}
         self._norms: dict[str, list[nn.Module]] = {stage: [] for stage in stages}
@@ -53,8 +55,9 @@ class Freezer:
 
     @property
     def backbone_stages(self) -> list[str]:
-        """Every stage except ``head``, ordered input → output."""
-        return [s for s in self.stage_names if s != "head"]
+        """The stages that may be frozen, ordered input → output: every stage except ``head`` and the model's
+        other new, randomly initialised stages (``model.detkit_new_stages``, e.g. an SSD's ``extras``)."""
+        return [s for s in self.stage_names if s not in self._new_stages]
 
     def frozen_stages(self, epoch: int) -> list[str]:
         """Stages frozen during ``epoch`` (0-based), ordered input → output.

@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from detkit.engine.distributed import DistInfo
 from detkit.engine.freeze import Freezer
 from detkit.engine.tasks.base import Task
 from detkit.errors import NonFiniteLossError
-from detkit.io import atomic_write_json, atomic_write_text
+from detkit.io import atomic_write, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from detkit.models.checkpoint import load_checkpoint
 from detkit.models.stages import unwrap_model
 
@@ -133,12 +134,7 @@ class Trainer:
         dist_info: DistInfo | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
-        if cfg.accumulate < 1:
-            raise ValueError(f"train.accumulate: expected an integer >= 1, got {cfg.accumulate}")
-        if cfg.epochs < 1:
-            raise ValueError(f"train.epochs: expected an integer >= 1, got {cfg.epochs}")
-        if cfg.grad_clip is not None and not cfg.grad_clip > 0:
-            raise ValueError(f"train.grad_clip: expected a positive max norm or null, got {cfg.grad_clip}")
+        cfg.validate()  # a TrainConfig changed after it was built is checked again here
         if len(train_loader) == 0:
             raise ValueError("train_loader: yields no batches (dataset smaller than one batch with drop_last?)")
         self.cfg = cfg
@@ -184,6 +180,8 @@ class Trainer:
         """Train from :attr:`start_epoch` to ``cfg.epochs``; returns ``{"epochs": [...], "best": {...}}``."""
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
+            for folder in (self.output, self.output / "pr_curves"):
+                remove_stale_temp_files(folder)  # left by writes a crash interrupted
         self._fit_start = time.perf_counter()
         self._time_before = float(self.summary.get("train_time_s", 0.0))  # earlier sessions of a resumed run
         try:
@@ -272,6 +270,7 @@ class Trainer:
         if ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self._warn_if_schedule_changed(ckpt["scheduler"], path)
             self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -285,12 +284,51 @@ class Trainer:
         self.global_step = int(state.get("global_step", 0))
         if "train_time_s" in state:
             self.summary["train_time_s"] = state["train_time_s"]
+        if self.is_main:
+            self._repair_best_checkpoint(int(ckpt["epoch"]))
         if self.start_epoch > self.cfg.epochs:
             logger.warning("checkpoint %s already completed epoch %d of %d: nothing left to train",
                            path, ckpt["epoch"], self.cfg.epochs)
         else:
             logger.info("resumed from %s: continuing at epoch %d of %d", path, self.start_epoch, self.cfg.epochs)
         return ckpt
+
+    def _warn_if_schedule_changed(self, saved: dict[str, Any], path: str | Path) -> None:
+        """Say so when the run now asks for another length than the schedule the checkpoint continues."""
+        saved_total = next(iter(saved.get("lr_lambdas") or [{}]), {}).get("total_steps")
+        planned = getattr(next(iter(getattr(self.scheduler, "lr_lambdas", [])), None), "total_steps", None)
+        if saved_total is not None and planned is not None and saved_total != planned:
+            logger.warning(
+                "train.epochs (or the batches per epoch) changed since %s: its learning-rate schedule was planned "
+                "for %d optimiser steps, this run has %d; the checkpoint's schedule is kept, so steps past %d train "
+                "at its final rate. To train longer with a new schedule, start a new run from its weights "
+                "(--weights %s, another --output).", path, saved_total, planned, saved_total, path)
+
+    def _repair_best_checkpoint(self, last_epoch: int) -> None:
+        """Make ``best.pt`` agree with the best epoch ``last.pt`` records, after a crash between their writes.
+
+        ``best.pt`` is written before ``last.pt``: a crash in between leaves a ``best.pt`` newer than
+        ``last.pt``, whose record is then adopted (epochs replayed from ``last.pt`` must beat it). A ``best.pt``
+        older than the best epoch recorded (a run written before this order) is rebuilt from ``last.pt`` when
+        that epoch is the last one.
+        """
+        best_path, last_path = self.output / "best.pt", self.output / "last.pt"
+        recorded = (self.best_row or {}).get("epoch")
+        try:
+            best = load_checkpoint(best_path) if best_path.is_file() else None
+        except ValueError as err:
+            logger.warning("%s cannot be read (%s); it is rewritten at the next best epoch", best_path, err)
+            best = None
+        if best is not None and int(best["epoch"]) > last_epoch:
+            state = best.get("trainer") or {}
+            self.best_value, self.best_row = best.get("best_metric"), state.get("best_row")
+            logger.warning("%s holds epoch %d, newer than %s (epoch %d): a crash came between their writes; "
+                           "its result is kept as the best so far", best_path, best["epoch"], last_path, last_epoch)
+        elif recorded == last_epoch and (best is None or int(best["epoch"]) != recorded) and last_path.is_file():
+            with open(last_path, "rb") as source:
+                atomic_write(best_path, lambda f: shutil.copyfileobj(source, f))
+            logger.warning("%s did not hold the best epoch %d recorded in %s; rewritten from it", best_path,
+                           recorded, last_path)
 
     def save_checkpoint(self, path: str | Path, epoch: int, metrics: dict[str, Any]) -> Path:
         """Write a detkit checkpoint of the current state (see :mod:`detkit.engine.checkpoint`)."""
@@ -329,6 +367,7 @@ class Trainer:
         row["lr"] = train["lr"]
         row.update({f"lr/{name}": lr for name, lr in self._group_lrs().items()})
         row.update(timing)
+        self._check_finite_weights(epoch)
         improved = self._update_best(row)
         self.history.append({**row, **{k: v for k, v in details.items() if not isinstance(v, Tensor)}})
         if self.is_main:
@@ -392,6 +431,15 @@ class Trainer:
                                      "Lower optim.lr, set train.grad_clip, or check these images and labels")
         raise NonFiniteLossError(f"non-finite training loss on another rank at {where}; see that rank's error")
 
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Stop before a checkpoint is written when a parameter or buffer is NaN or infinite (the loss can stay
+        finite while, say, BatchNorm statistics diverge)."""
+        for name, tensor in unwrap_model(self.model).state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise NonFiniteLossError(
+                    f"non-finite weights after epoch {epoch}: {name} holds NaN or infinite values (no checkpoint "
+                    "written for this epoch). Lower optim.lr, set train.grad_clip, or check the images and labels")
+
     def _sync_buffers(self) -> None:
         # DDP broadcasts buffers before each forward, so after the last step BatchNorm statistics
         # differ a little between ranks; align them with rank 0 so evaluation and checkpoints agree.
@@ -415,9 +463,10 @@ class Trainer:
 
     def _write_epoch_outputs(self, epoch: int, row: dict[str, Any], details: dict[str, Any], improved: bool) -> None:
         scalars = {k: v for k, v in row.items() if k != "epoch"}
-        self.save_checkpoint(self.output / "last.pt", epoch, scalars)
+        # best.pt before last.pt: a crash between the two is repaired on resume (see _repair_best_checkpoint)
         if improved:
             self.save_checkpoint(self.output / "best.pt", epoch, scalars)
+        self.save_checkpoint(self.output / "last.pt", epoch, scalars)
         self._write_metrics()
         if details:
             self.task.save_artifacts(details, self.output, self._tensorboard(), epoch)

@@ -30,10 +30,14 @@ def tune(cfg: ExperimentConfig, grid: dict[str, list[Any]], output: str | Path) 
         output: the root directory; each run gets its own sub-directory (and TensorBoard events).
 
     Returns:
-        ``{"runs": [{"params": {...}, "dir": str, "best": {...}}], "csv": path, "json": path}``.
+        ``{"runs": [{"params": {...}, "dir": str, "best": {...}, "value": best metric or None}], "metric": name,
+        "csv": path, "json": path}``, runs in the order of ``results.csv`` (best first, failed runs last).
     """
     if not grid:
         raise ValueError("grid: expected at least one key with values, e.g. {'optim.lr': [0.01, 0.001]}")
+    if (Path(output) / "results.json").exists() and not cfg.train.exist_ok:
+        raise ValueError(f"--output: {output} already holds a grid's results; replace them with --exist-ok "
+                         f"(train.exist_ok=true) or choose another --output")
     keys = {name: resolve_key(name) for name in grid}
     task_cls = get_task(cfg.task)
     manager = RunManager(Path(output), metric=task_cls.best_metric, mode=task_cls.best_mode)
@@ -50,7 +54,7 @@ def tune(cfg: ExperimentConfig, grid: dict[str, list[Any]], output: str | Path) 
             logger.error("run %s failed: %s", run_dir.name, one_line(err))
             manager.mark_failed(run, one_line(err))
             manager.save_results()
-            runs_out.append({"params": params, "dir": str(run_dir), "best": {}, "error": one_line(err)})
+            runs_out.append({"params": params, "dir": str(run_dir), "best": {}, "value": None, "error": one_line(err)})
             continue
         best = result.get("best") or {}
         # metrics only (never "lr", which would shadow a grid column of the same name)
@@ -58,6 +62,8 @@ def tune(cfg: ExperimentConfig, grid: dict[str, list[Any]], output: str | Path) 
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
         manager.record(run, scalars)
         manager.save_results()
-        runs_out.append({"params": params, "dir": str(run_dir), "best": scalars})
+        runs_out.append({"params": params, "dir": str(run_dir), "best": scalars, "value": best.get("value")})
     csv_path, json_path = manager.save_results()
-    return {"runs": runs_out, "csv": str(csv_path), "json": str(json_path)}
+    order = {row["run"]: i for i, row in enumerate(manager.results())}  # results.csv's order: best first
+    runs_out.sort(key=lambda r: order[Path(r["dir"]).name])
+    return {"runs": runs_out, "metric": manager.metric, "csv": str(csv_path), "json": str(json_path)}

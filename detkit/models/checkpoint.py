@@ -85,7 +85,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int, *, name: str | None = N
         if cfg.model.dropout:
             raise ValueError(f"model.dropout: detectors have no dropout option, got {cfg.model.dropout}; set it to 0")
         return build_detector(name, num_classes, weights, cfg.detect)
-    return create_classifier(name, num_classes, weights=weights, dropout=cfg.model.dropout)
+    return create_classifier(name, num_classes, weights=weights, dropout=cfg.model.dropout, img_size=cfg.data.img_size)
 
 
 def checkpoint_config(ckpt: dict[str, Any]) -> ExperimentConfig:

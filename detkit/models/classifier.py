@@ -6,6 +6,7 @@ The model carries ``detkit_meta`` (weights, whether pretrained, mean/std, input 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from detkit.models.meta import ModelMeta, normalization_from_info
 from detkit.models.pretrained import (
     PretrainedWeights,
     WeightsUnavailableError,
+    hash_prefix,
     locate_pretrained,
     timm_pretrained,
     torchvision_pretrained,
@@ -60,7 +62,8 @@ class LinearHead(nn.Linear):
 
 
 def create_classifier(
-    name: str, num_classes: int, weights: str | os.PathLike | None = "auto", dropout: float = 0.0
+    name: str, num_classes: int, weights: str | os.PathLike | None = "auto", dropout: float = 0.0,
+    img_size: int | None = None,
 ) -> nn.Module:
     """Build a classifier: backbone ``name`` with a fresh head of ``num_classes`` outputs.
 
@@ -73,6 +76,9 @@ def create_classifier(
             ``"none"`` or None (random init) or the path of a weights file (``.pth``/``.pt``/``.safetensors``,
             torchvision/timm layouts, detkit checkpoints; a head with another class count is skipped).
         dropout: dropout probability before the final linear layer, in [0, 1).
+        img_size: the input side the model will be trained at, for timm models built for one fixed input size
+            (vision transformers: timm sizes the patch grid for it and resamples pretrained position
+            embeddings); other models take any size and ignore it.
 
     Returns:
         The model, mapping Tensor[N, 3, H, W] float images (normalised with ``detkit_meta["mean"/"std"]``) to
@@ -100,7 +106,7 @@ def create_classifier(
         raise FileNotFoundError(f"weights must be one of {WEIGHT_MODES} or an existing file, got {weights!r}")
 
     if name.startswith("timm:"):
-        model, release = _create_timm(name[len("timm:"):], num_classes, weights, float(dropout))
+        model, release = _create_timm(name[len("timm:"):], num_classes, weights, float(dropout), img_size)
     else:
         model, release = _create_torchvision(name, num_classes, weights, float(dropout))
     published = _release_preprocessing(release)
@@ -122,9 +128,10 @@ def _release_preprocessing(published: PretrainedWeights | None) -> _Preprocessin
 
 
 def _file_release(name: str, path: str, info: dict[str, Any]) -> _Preprocessing | None:
-    """What a weights file says of its preprocessing: a detkit checkpoint records its normalisation; a file
-    named like a published download (resnet18-f37072fd.pth) carries that release's; otherwise None (unknown:
-    the data's statistics are used)."""
+    """What a weights file says of its preprocessing: a detkit checkpoint records its normalisation; a published
+    release (by its file name, or by its bytes: torchvision's file names carry a SHA-256 prefix, so a renamed copy
+    is recognised too) carries that release's, the same rule as for the file in the torch cache; otherwise None
+    (unknown: the data's statistics are used)."""
     normalization = normalization_from_info(info)
     if normalization is not None:
         return normalization, (info.get("model_meta") or {}).get("input_size")
@@ -136,9 +143,22 @@ def _file_release(name: str, path: str, info: dict[str, Any]) -> _Preprocessing 
             pass
     else:
         candidates += [torchvision_pretrained(name, tag) for tag in torchvision_weight_tags(name)]
+    candidates = [c for c in candidates if c.url]
     filename = os.path.basename(path)
-    return _release_preprocessing(next((c for c in candidates if c.url and os.path.basename(c.url) == filename),
-                                       None))
+    match = next((c for c in candidates if os.path.basename(c.url) == filename), None)
+    if match is None and any(hash_prefix(os.path.basename(c.url)) for c in candidates):
+        digest = _sha256(path)
+        match = next((c for c in candidates if (h := hash_prefix(os.path.basename(c.url))) and digest.startswith(h)),
+                     None)
+    return _release_preprocessing(match)
+
+
+def _sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def _create_torchvision(
@@ -168,7 +188,7 @@ def _create_torchvision(
 
 
 def _create_timm(
-    name: str, num_classes: int, weights: str, dropout: float
+    name: str, num_classes: int, weights: str, dropout: float, img_size: int | None = None
 ) -> tuple[nn.Module, PretrainedWeights | None]:
     import timm
 
@@ -186,16 +206,39 @@ def _create_timm(
             logger.warning("weights=auto: %s; timm:%s starts from RANDOM INITIALISATION", err, name)
         else:
             path = locate_pretrained(published, weights)
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": dropout}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": dropout, **_timm_size_kwargs(name, img_size)}
     if path is not None:
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            model = _timm_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         except (RuntimeError, OSError, ValueError, KeyError) as err:
             raise ValueError(f"cached ImageNet weights {path} cannot be loaded into timm:{name}: {err}") from err
         logger.info("loaded ImageNet weights for timm:%s from %s", name, path)
         return model, published
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    return model, None
+    return _timm_model(name, pretrained=False, **kwargs), None
+
+
+def _timm_size_kwargs(name: str, img_size: int | None) -> dict[str, Any]:
+    """``{"img_size": img_size}`` for a timm model built for one fixed input size (a ViT) of another size, else ``{}``."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if img_size is None or cfg is None or not cfg.fixed_input_size or tuple(cfg.input_size[1:]) == (img_size,) * 2:
+        return {}
+    return {"img_size": img_size}
+
+
+def _timm_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; a fixed-size model that cannot take ``img_size`` is one error saying what to set."""
+    import timm
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        if "img_size" not in kwargs:
+            raise
+        size = timm.models.get_pretrained_cfg(name).input_size
+        raise ValueError(f"model.name: timm:{name} takes {size[1]}x{size[2]} inputs and cannot be built for "
+                         f"{kwargs['img_size']} px ({err}); set --img-size {size[1]} (data.img_size)") from err
 
 
 # Entry functions: the architecture only (1000-class ImageNet head, random init); weights and the head swap

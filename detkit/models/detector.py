@@ -65,6 +65,11 @@ class Detector(nn.Module):
 
     num_classes: int
     detkit_meta: ModelMeta
+    #: stages that start from random weights even when the backbone is pretrained (``head`` always is); the
+    #: freezer never freezes them
+    detkit_new_stages: tuple[str, ...] = ()
+    #: the smallest square input side (pixels) the architecture can take
+    min_input_size: int = 1
     score_thresh: float
     nms_thresh: float
     detections_per_img: int

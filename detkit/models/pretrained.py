@@ -183,7 +183,7 @@ def download_file(url: str, dst: str | os.PathLike, timeout: float = 10.0, check
         ValueError: if the SHA-256 prefix in the file name does not match the downloaded bytes.
     """
     dst = Path(dst)
-    expected = _hash_prefix(dst.name) if check_hash else None
+    expected = hash_prefix(dst.name) if check_hash else None
 
     def fetch(out: Any) -> None:
         sha = hashlib.sha256()
@@ -200,7 +200,8 @@ def download_file(url: str, dst: str | os.PathLike, timeout: float = 10.0, check
     return atomic_write(dst, fetch)
 
 
-def _hash_prefix(filename: str) -> str | None:
+def hash_prefix(filename: str) -> str | None:
+    """The SHA-256 prefix torchvision puts in a weights file name (``resnet18-f37072fd.pth``), or None."""
     # torchvision names its files "<arch>-<first 8+ hex digits of sha256>.pth".
     stem = filename.rsplit(".", 1)[0]
     if "-" not in stem:

@@ -96,6 +96,8 @@ class ResNetSSD(SingleShotDetector):
         **kwargs: loss and post-processing options of :class:`SingleShotDetector`.
     """
 
+    min_input_size = 32  # one cell at the stride-32 level
+
     def __init__(
         self,
         *,
@@ -212,6 +214,8 @@ def resnet_ssd(
     model.detkit_meta = ModelMeta.create(f"{arch}_ssd", num_classes, weights,
                                          pretrained=whole_detector or meta.pretrained,
                                          normalization=normalization, input_size=input_size)
+    # with a backbone's weights the extra blocks start random: freezing the backbone must not freeze them
+    model.detkit_new_stages = () if whole_detector else ("extras",)
     return model
 
 

@@ -60,6 +60,8 @@ class TinySSD(SingleShotDetector):
         **kwargs: loss and post-processing options of :class:`~detkit.models.ssd.SingleShotDetector`.
     """
 
+    min_input_size = 64  # six halvings before the global pool
+
     def __init__(
         self,
         *,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -200,7 +201,24 @@ def _match_keys(model: nn.Module, state: dict[str, Tensor], target: dict[str, Te
     return match
 
 
+def _numpy_globals() -> list[Any]:
+    """The numpy reconstructors a weights-only load may use: arrays, scalars and numeric dtypes (no code runs)."""
+    numeric = [np.dtype(t) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                     "float16", "float32", "float64", "complex64", "complex128")]
+    return [np.ndarray, np.dtype, np.ndarray((0,)).__reduce__()[0], np.float64(0).__reduce__()[0],
+            *{type(d) for d in numeric}]
+
+
+_NUMPY_GLOBALS = _numpy_globals()
+
+
 def _load_file(path: Path) -> Any:
+    """The object in a weights file, read as tensors and plain values only (never code).
+
+    torch files go through ``torch.load(weights_only=True)`` with numpy arrays and scalars allowed (checkpoints of
+    other trainers often carry numpy RNG states); any other Python object is refused with a message saying how
+    to re-save a trusted file.
+    """
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -209,24 +227,20 @@ def _load_file(path: Path) -> Any:
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise ValueError(f"cannot read safetensors file {path}: {err}") from err
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # Files holding Python objects beyond tensors (numpy RNG state, argparse Namespaces) are refused by the
-        # weights-only unpickler with "Unsupported global"; anything else is a damaged file.
+        # "Unsupported global": the file holds Python objects beyond tensors; detkit never unpickles them.
         globals_named = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
         if not globals_named:
             raise ValueError(f"cannot read weights file {path}: not a torch weights file ({_reason(err)})") from err
-        logger.warning(
-            "weights file %s holds objects beyond tensors (%s); loading it with full unpickling. Only do this "
-            "with files you trust.",
-            path,
-            globals_named[0],
-        )
+        raise ValueError(
+            f"weights file {path} holds Python objects beyond tensors ({globals_named[0]}); detkit loads tensors "
+            f"only, since unpickling such a file can run code. If you trust the file, re-save its weights: "
+            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save(c.get('state_dict', c), 'clean.pt')\" and pass --weights clean.pt"
+        ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read weights file {path}: {_reason(err)}") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - arbitrary pickles fail in arbitrary ways
         raise ValueError(f"cannot read weights file {path}: {_reason(err)}") from err
 
 

@@ -193,3 +193,24 @@ def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
     payload = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_a_failed_write_leaves_no_partial_image_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import detkit.io
+
+    path = tmp_path / "out.jpg"
+    write_image(path, np.full((8, 8, 3), 200, np.uint8))
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(detkit.io.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_image(path, np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["out.jpg"]  # no temporary file left behind

@@ -144,3 +144,15 @@ def test_bn_without_affine_parameters_is_found_through_its_parent() -> None:
 def test_bad_freeze_settings_are_errors(cfg: FreezeConfig, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         Freezer(_model(), cfg)
+
+
+def test_freezing_an_ssd_backbone_leaves_its_new_extra_blocks_trainable() -> None:
+    from detkit.models import create_detector
+
+    model = create_detector("resnet18_ssd", 2, weights="none")
+    freezer = Freezer(model, FreezeConfig(backbone_epochs=1))
+    assert freezer.backbone_stages == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    freezer.apply(0)
+    assert not any(p.requires_grad for p in model.layer4.parameters())
+    assert all(p.requires_grad for p in model.extras.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())

@@ -258,8 +258,10 @@ def test_stages_feed_param_stages_and_the_freezer_never_freezes_the_head(ssd18: 
     freezer = Freezer(ssd18, FreezeConfig(backbone_epochs=1))
     ssd18.train()
     try:
-        assert freezer.apply(0) == ["stem", "layer1", "layer2", "layer3", "layer4", "extras"]
+        # the extra blocks are new (random init) like the head: issue 12, freezing the backbone leaves them trainable
+        assert freezer.apply(0) == ["stem", "layer1", "layer2", "layer3", "layer4"]
         assert all(p.requires_grad for p in ssd18.head.parameters())
+        assert all(p.requires_grad for p in ssd18.extras.parameters())
         assert not any(p.requires_grad for p in ssd18.layer4.parameters())
         assert not ssd18.layer1[0].bn1.training  # frozen stages' BatchNorm in eval mode
     finally:

@@ -202,3 +202,29 @@ def test_missing_and_damaged_files_raise(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "note": "no tensors"}, tmp_path / "empty.pth")
     with pytest.raises(ValueError, match="holds no tensors.*epoch"):
         read_state_dict(tmp_path / "empty.pth")
+
+
+def test_a_renamed_copy_of_a_published_release_gets_its_preprocessing_as_the_cached_file_does(tmp_path: Path) -> None:
+    import hashlib
+
+    import torchvision
+
+    from detkit.models import torchvision_pretrained
+
+    torch.manual_seed(0)
+    path = tmp_path / "my_imagenet_backbone.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    release = torchvision_pretrained("resnet18")
+    # pretend this file is the release: its URL's file name carries the file's own SHA-256 prefix
+    fake = type(release)(**{**vars(release), "url": f"https://example.invalid/resnet18-{digest[:8]}.pth"})
+    import detkit.models.classifier as classifier
+
+    original = classifier.torchvision_pretrained
+    try:
+        classifier.torchvision_pretrained = lambda name, tag="DEFAULT": fake
+        model = create_classifier("resnet18", 6, weights=str(path))
+    finally:
+        classifier.torchvision_pretrained = original
+    assert model.detkit_meta["mean"] == pytest.approx(release.mean)
+    assert model.detkit_meta["input_size"] == release.input_size

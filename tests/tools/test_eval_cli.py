@@ -117,3 +117,17 @@ def test_eval_cli_scores_a_detectors_own_predictions_as_perfect(tmp_path, monkey
                       else {"ap": -1.0, "ap50": -1.0}), name
     assert "mAP@[.5:.95] 1.0000  mAP50 1.0000  mAP75 1.0000  AR@100 1.0000" in stdout
     _assert_report_shows(stdout, report)
+
+
+def test_console_report_keeps_long_class_names_whole():
+    tool = load_tool("eval")
+    classes = ["golden_retriever", "cat", "left_turn_sign"]
+    metrics = {"classes": classes, "val_acc": 0.5, "val_acc5": 1.0, "val_loss": 0.7,
+               "val_per_class": {c: {"precision": 0.5, "recall": 0.5} for c in classes},
+               "confusion_matrix": torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 12345]])}
+    lines = tool._classification_lines(metrics)
+    header = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix"))
+    assert all(c in lines[header + 1] for c in classes)  # column headers in full
+    rows = lines[header + 2: header + 5]
+    assert [r.split()[0] for r in rows] == classes and rows[2].split()[-1] == "12345"
+    assert len({len(r) for r in rows} | {len(lines[header + 1])}) == 1  # columns line up

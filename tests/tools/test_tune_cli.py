@@ -44,3 +44,10 @@ def test_tune_cli_runs_the_grid_and_ranks_the_runs(tiny_data, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == [r["run"] for r in runs]
     assert f"results: {out / 'results.csv'}" in proc.stdout
+    printed = [line for line in proc.stdout.splitlines() if ": best " in line]
+    assert [line.rsplit("(", 1)[1].rstrip(")") for line in printed] == [str(out / r["run"]) for r in runs]
+    for line, run in zip(printed, runs):  # the console list is sorted like results.csv and names each value
+        assert f"best val_acc {run['best_val_acc']:.4f}" in line
+    again = run_tool("tune.py", "--grid", "lr=0.05", "--output", str(out), "--set", f"data.root={tiny_data}",
+                     *_as_overrides(TINY_FLAGS), env=cli_env(tmp_path))
+    assert again.returncode == 2 and "already holds a grid's results" in again.stderr

@@ -81,16 +81,26 @@ class Task(abc.ABC):
         """
 
     @abc.abstractmethod
-    def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0) -> nn.Module:
-        """The task's model for architecture ``name`` with a head sized for the task's classes."""
+    def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0,
+                    img_size: int | None = None) -> nn.Module:
+        """The task's model for architecture ``name`` with a head sized for the task's classes
+        (``img_size``: the training input side, for models built for one fixed size)."""
 
     def collate_fn(self, batch: list[tuple[Any, ...]]) -> Batch:
         """Stack dataset samples into ``(images Tensor[B, 3, H, W], targets, paths list[str])``."""
         return default_collate(batch)
 
-    def move_batch(self, batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
-        """Copy a batch to ``device`` (non-blocking from pinned memory); paths stay on the host."""
-        images, targets, paths = batch
+    def move_batch(self, batch: Batch | tuple[Tensor, Any], device: torch.device, channels_last: bool = False
+                   ) -> Batch:
+        """Copy a batch to ``device`` (non-blocking from pinned memory); paths stay on the host.
+
+        ``batch`` is ``(images, targets, paths)`` as detkit's datasets give it, or the standard ``(images,
+        targets)`` of torchvision datasets and ``TensorDataset`` (then no file names are known).
+        """
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise ValueError(f"a batch must be (images, targets) or (images, targets, paths), got "
+                             f"{type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}")
+        images, targets, paths = batch if len(batch) == 3 else (*batch, [])
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

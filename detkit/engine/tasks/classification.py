@@ -62,9 +62,10 @@ class ClassificationTask(Task):
         """The task for ``cfg`` over ``classes`` (``train.label_smoothing``; the splits are not needed)."""
         return cls(classes, label_smoothing=cfg.train.label_smoothing)
 
-    def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0) -> nn.Module:
-        """``create_classifier(name, C, weights, dropout)``."""
-        return create_classifier(name, self.num_classes, weights=weights, dropout=dropout)
+    def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0,
+                    img_size: int | None = None) -> nn.Module:
+        """``create_classifier(name, C, weights, dropout, img_size)``."""
+        return create_classifier(name, self.num_classes, weights=weights, dropout=dropout, img_size=img_size)
 
     def train_step(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = model(images)  # (B, C)

@@ -140,9 +140,11 @@ class DetectionTask(Task):
 
     # ------------------------------------------------------------------ model and loss
 
-    def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0) -> nn.Module:
+    def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0,
+                    img_size: int | None = None) -> nn.Module:
         """``build_detector(name, C, weights, detect)``; ``detkit_meta`` gains ``classes`` and
-        ``category_ids`` so a checkpoint alone maps labels back to the dataset's ids."""
+        ``category_ids`` so a checkpoint alone maps labels back to the dataset's ids (detectors take any
+        input size: ``img_size`` is not needed)."""
         if dropout:
             raise ValueError(f"model.dropout: detectors have no dropout option, got {dropout}; set it to 0")
         model = build_detector(name, self.num_classes, weights, self.detect)
