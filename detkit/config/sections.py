@@ -35,9 +35,9 @@ RESIZE_MODES = ("letterbox", "resize")
 
 @dataclass
 class DataConfig:
-    root: str = "data/shapes"  # dataset root holding <train_split>/<class>/* and <val_split>/<class>/* (ImageFolder layout)
-    train_split: str = "train"  # sub-folder of root used for training
-    val_split: str | None = "val"  # sub-folder of root used for validation (null: no validation)
+    root: str = "data/shapes"  # dataset folder or file (YOLO data.yaml, COCO .json, .csv/.json list), read in its own layout: class folders or path,label lists (classify); COCO, YOLO or Pascal VOC (detect)
+    train_split: str = "train"  # name of the split used for training (a folder, yaml key, list or annotation file of that name)
+    val_split: str | None = "val"  # name of the split used for validation; val also finds valid or validation (null: no validation)
     img_size: int | None = None  # side of the square network input in pixels, train crop and eval centre crop (null: the pretrained weights' input size, else 224)
     batch_size: int = 32  # images per optimiser micro-batch and per process (DDP: per rank)
     eval_batch_size: int | None = None  # images per validation batch (null: 2 x batch_size)
@@ -52,6 +52,12 @@ class DataConfig:
     scan: bool = True  # scan every image upfront and skip unreadable files (reported in the run summary)
     scan_workers: int | None = None  # threads for the upfront scan (null: CPU count)
     augment: ClassificationAugment = field(default_factory=ClassificationAugment)  # train-time augmentation and eval resize
+    # dataset layout: explicit keys win over the layout recognised under root (relative paths are under root)
+    format: str = "auto"  # dataset format: auto (recognised), coco, yolo or voc (detection), folder or list (classification)
+    train_images: str | None = None  # train images: a folder (YOLO: or a list file; classification without annotations: the class folders)
+    train_annotations: str | None = None  # train annotations: a COCO .json, a YOLO labels folder, a VOC folder of XML files or a classification .csv/.json list
+    val_images: str | None = None  # val images, as train_images
+    val_annotations: str | None = None  # val annotations, as train_annotations
 
     def __post_init__(self) -> None:
         if self.img_size is not None and self.img_size < 1:

@@ -1,4 +1,4 @@
-"""Data: image reading and scanning, classification and COCO detection datasets, formats, augmentation, synthetic sets.
+"""Data: image reading and scanning, dataset layouts, classification and detection datasets, formats, augmentation.
 
 Names load from their submodules on first use, so generating data never waits for torch or albumentations.
 """
@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # for IDEs and type checkers; at run time __getattr__ below imports on demand
     from detkit.data.classification import (
         ImageFolderDataset,
+        ImageListDataset,
         find_classes,
         image_to_tensor,
+        read_image_list,
     )
     from detkit.data.det_synthetic import (
         DET_CLASSES,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # for IDEs and type checkers; at run time __getattr__ below i
         detection_collate,
         validate_coco,
     )
+    from detkit.data.files import resolve_inside, walk_files
     from detkit.data.formats import (
         FORMATS,
         convert_dataset,
@@ -45,8 +48,15 @@ if TYPE_CHECKING:  # for IDEs and type checkers; at run time __getattr__ below i
         DatasetError,
         is_image_file,
         read_image,
+        scan_image_sizes,
         scan_images,
         write_image,
+    )
+    from detkit.data.layouts import (
+        ClassificationSource,
+        DetectionSource,
+        find_classification_split,
+        find_detection_split,
     )
     from detkit.data.stats import compute_mean_std
     from detkit.data.synthetic import (
@@ -61,12 +71,21 @@ if TYPE_CHECKING:  # for IDEs and type checkers; at run time __getattr__ below i
 
 _EXPORTS = {
     "ImageFolderDataset": "classification",
+    "ImageListDataset": "classification",
     "find_classes": "classification",
     "image_to_tensor": "classification",
+    "read_image_list": "classification",
+    "resolve_inside": "files",
+    "walk_files": "files",
+    "ClassificationSource": "layouts",
+    "DetectionSource": "layouts",
+    "find_classification_split": "layouts",
+    "find_detection_split": "layouts",
     "IMAGE_EXTENSIONS": "images",
     "DatasetError": "images",
     "is_image_file": "images",
     "read_image": "images",
+    "scan_image_sizes": "images",
     "scan_images": "images",
     "write_image": "images",
     "compute_mean_std": "stats",

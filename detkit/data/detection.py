@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from detkit.data.classification import image_to_tensor
-from detkit.data.images import read_image, scan_images
+from detkit.data.files import resolve_inside
+from detkit.data.images import read_image, scan_image_sizes
 from detkit.data.seeding import SeededTransform
 from detkit.errors import DatasetError
 
@@ -108,7 +109,7 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        DatasetError: when it is not JSON or lacks those lists.
+        DatasetError: when it cannot be read, is not JSON or lacks those lists.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,6 +119,8 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
             coco = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"annotation file {path} is not valid JSON: {err}") from None
+    except OSError as err:  # unreadable: permissions, I/O error
+        raise DatasetError(f"cannot read annotation file {path}: {err.strerror or err}") from None
     if not isinstance(coco, dict):
         raise DatasetError(f"annotation file {path} must hold a JSON object, got {type(coco).__name__}")
     coco.setdefault("annotations", [])
@@ -173,6 +176,11 @@ def _check_categories(entries: list[Any]) -> tuple[list[dict[str, Any]], list[st
     duplicates = [str(k) for k, n in Counter(c["id"] for c in cats).items() if n > 1]
     if duplicates:
         problems.append(_listing("duplicate category ids", duplicates))
+    same_name = [f"{name!r} (ids {', '.join(str(c['id']) for c in cats if c['name'] == name)})"
+                 for name, n in Counter(c["name"] for c in cats).items() if n > 1]
+    if same_name:
+        problems.append(_listing("category names used by more than one category (labels would be ambiguous)",
+                                 same_name))
     if not cats and not bad:
         problems.append("no categories ('categories' is empty)")
     return cats, problems
@@ -180,26 +188,32 @@ def _check_categories(entries: list[Any]) -> tuple[list[dict[str, Any]], list[st
 
 def _check_images(entries: list[Any], images_dir: Path, check_files: bool) -> tuple[list[dict[str, Any]], list[str]]:
     """The well-formed image entries (``id``, ``file_name``, ``path``, sizes when given), and the problems."""
-    images, bad, missing = [], [], []
+    images, bad, missing, outside = [], [], [], []
     for img in entries:
         iid = _as_int(img.get("id")) if isinstance(img, dict) else None
         name = img.get("file_name") if isinstance(img, dict) else None
         if iid is None or not isinstance(name, str) or not name:
             bad.append(repr(img)[:80])
             continue
-        entry = {"id": iid, "file_name": name, "path": images_dir / name}
+        entry = {"id": iid, "file_name": name, "path": resolve_inside(images_dir, name)}
+        if entry["path"] is None:  # absolute, or climbing out with '..': never read files outside the dataset
+            outside.append(f"image {iid}: {name!r}")
         for key in ("width", "height"):
             if key in img:
                 v = _as_int(img[key])
                 if v is None or v < 1:
                     bad.append(f"image {iid} ({name}) has {key}={img[key]!r}")
                 entry[key] = v
-        if check_files and not entry["path"].is_file():
+        # exists(), not is_file(): a FIFO or folder named like an image is reported unreadable by the scan
+        if check_files and entry["path"] is not None and not entry["path"].exists():
             missing.append(f"image {iid}: {entry['path']}")
         images.append(entry)
     problems = []
     if bad:
         problems.append(_listing("malformed image entries (need integer 'id', 'file_name', positive sizes)", bad))
+    if outside:
+        problems.append(_listing(f"image file_name entries outside the image folder {images_dir} (absolute or with "
+                                 "'..'; they must be relative paths inside it)", outside))
     duplicates = [str(k) for k, n in Counter(i["id"] for i in images).items() if n > 1]
     if duplicates:
         problems.append(_listing("duplicate image ids", duplicates))
@@ -261,24 +275,30 @@ def validate_coco(
     check_files: bool = True,
     scan_workers: int | None = None,
     source: str = "annotations",
+    image_sizes: Mapping[Path, tuple[int, int] | str] | None = None,
 ) -> tuple[list[DetectionRecord], list[dict[str, Any]], dict[str, Any], ValidationSummary]:
     """Validate a COCO instances dict against its image folder, in one pass.
 
-    Rules: annotations naming unknown category ids or unlisted images, malformed entries and (with
+    Rules: annotations naming unknown category ids or unlisted images, malformed entries, two categories
+    with one name, ``file_name`` entries leaving the image folder (absolute, or with ``..``) and (with
     ``check_files``) image files that do not exist are collected into one :class:`DatasetError` listing
     the first few of each kind and their count. Boxes reaching outside the image are clipped; boxes with
     zero or negative area after clipping (or non-finite values) are dropped and counted. ``iscrowd``
     annotations are not training boxes: they are kept in ``crowd_boxes`` and in the returned COCO dict,
     where COCOeval treats them as ignore regions. With ``check_files`` every image is decoded once in
-    parallel (:func:`~detkit.data.images.scan_images`); unreadable ones are skipped and listed.
-    Images without boxes are valid negatives.
+    parallel (:func:`~detkit.data.images.scan_image_sizes`): unreadable ones (FIFOs included) are skipped
+    and listed, and a ``width``/``height`` that differs from the file's is an error, listed with the others
+    of its kind (boxes would be scaled wrongly). Images without boxes are valid negatives; an annotation
+    list that is empty altogether is logged as a warning.
 
     Args:
         coco: parsed COCO instances dict (see :func:`load_coco_json`).
         images_dir: folder the images' ``file_name`` are relative to.
-        check_files: check existence and readability of the image files.
+        check_files: check existence, readability and sizes of the image files.
         scan_workers: threads for the readability scan (``None``: default).
         source: name of the annotation source used in messages.
+        image_sizes: the result of a :func:`~detkit.data.images.scan_image_sizes` already made over these
+            images (e.g. by a YOLO reader, which needs the sizes); they are not read again.
 
     Returns:
         ``(records, categories, clean_coco, summary)``: one :class:`DetectionRecord` per usable image in file
@@ -292,7 +312,9 @@ def validate_coco(
     checked = _check_structure(coco, images_dir, check_files, source)
     summary = ValidationSummary(annotation_file=source, num_images=len(checked.images))
     summary.num_annotations = sum(len(v) for v in checked.anns_by_image.values())
-    bad = _unreadable_images(checked.images, check_files, scan_workers)
+    if not coco["annotations"]:
+        logger.warning("%s has no annotations at all: every image is a negative (is this the right file?)", source)
+    bad = _unreadable_images(checked.images, check_files, scan_workers, image_sizes, source)
 
     cat_id_to_label = {c["id"]: i for i, c in enumerate(checked.categories)}
     per_cat: Counter[int] = Counter()
@@ -314,25 +336,35 @@ def validate_coco(
     return records, checked.categories, clean, summary
 
 
-def _unreadable_images(images: list[dict[str, Any]], check_files: bool, scan_workers: int | None) -> dict[Path, str]:
+def _unreadable_images(images: list[dict[str, Any]], check_files: bool, scan_workers: int | None,
+                       image_sizes: Mapping[Path, tuple[int, int] | str] | None, source: str) -> dict[Path, str]:
     """``{path: reason}`` of the images that cannot be used; fills in ``width``/``height`` where missing.
 
-    With ``check_files`` every file is decoded once in parallel; sizes are read from the files that do not
-    give them (they are needed to clip boxes).
+    With ``check_files`` (or ``image_sizes``) every file is decoded once in parallel and the annotated sizes are
+    checked against the files'; otherwise sizes are read only from the files that do not give them (they are
+    needed to clip boxes).
     """
-    bad: dict[Path, str] = {}
+    sizes: dict[Path, tuple[int, int] | str] = dict(image_sizes or {})
     if check_files:
-        _, bad_list = scan_images([i["path"] for i in images], workers=scan_workers)
-        bad = dict(bad_list)
+        sizes.update(scan_image_sizes([i["path"] for i in images if i["path"] not in sizes], workers=scan_workers))
+    else:
+        need = [i["path"] for i in images if not ("width" in i and "height" in i) and i["path"] not in sizes]
+        sizes.update(scan_image_sizes(need, workers=scan_workers))
+    bad = {p: r for p, r in sizes.items() if isinstance(r, str)}
+    wrong = []
     for img in images:
-        if img["path"] in bad or ("width" in img and "height" in img):
+        size = sizes.get(img["path"])
+        if size is None or isinstance(size, str):
             continue
-        try:
-            h, w = read_image(img["path"]).shape[:2]
-        except DatasetError as err:
-            bad[img["path"]] = str(err)
-            continue
-        img["width"], img["height"] = int(w), int(h)
+        if "width" in img and "height" in img and (img["height"], img["width"]) != size:
+            rotated = " (the file's EXIF orientation rotates it)" if (img["width"], img["height"]) == size else ""
+            wrong.append(f"image {img['id']} ({img['file_name']}): annotated {img['height']}x{img['width']}, "
+                         f"file {size[0]}x{size[1]}{rotated}")
+        img["height"], img["width"] = size
+    if wrong:
+        raise DatasetError(f"invalid detection annotations in {source}:\n  "
+                           + _listing("images whose width/height (HxW) differ from the file's; the boxes would "
+                                      "be scaled wrongly: fix the sizes in the annotations", wrong))
     return bad
 
 
@@ -401,6 +433,8 @@ class DetectionDataset(SeededTransform, Dataset):
         * ``DetectionDataset(IMAGES_DIR, annotation_file=ANN)``: the COCO 2017 layout
           (``train2017/`` + ``annotations/instances_train2017.json``).
         * ``DetectionDataset(DIR)``: ``DIR/annotations.json`` with images under ``DIR``.
+        * ``DetectionDataset.from_coco(coco, IMAGES_DIR, source)``: a COCO dict in memory, e.g. a YOLO or VOC
+          split read by :func:`detkit.data.layouts.find_detection_split` (every other layout detkit trains on).
 
     Image ``file_name`` entries are paths relative to the image folder. Validation runs at construction
     (see :func:`validate_coco`); the summary is logged and kept in ``summary``. ``iscrowd`` annotations
@@ -446,12 +480,47 @@ class DetectionDataset(SeededTransform, Dataset):
         if not images_dir.is_dir():
             raise FileNotFoundError(f"image folder {images_dir} does not exist")
         ann_path = Path(annotation_file) if annotation_file is not None else images_dir / "annotations.json"
-        coco = load_coco_json(ann_path)
+        self._setup(load_coco_json(ann_path), images_dir, ann_path, transform, validate, scan_workers, None)
+
+    @classmethod
+    def from_coco(
+        cls,
+        coco: dict[str, Any],
+        images_dir: str | os.PathLike,
+        source: str | os.PathLike,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        validate: bool = True,
+        scan_workers: int | None = None,
+        image_sizes: Mapping[Path, tuple[int, int] | str] | None = None,
+        name: str | None = None,
+    ) -> DetectionDataset:
+        """A dataset from a COCO instances dict in memory (e.g. read from YOLO or VOC files, not converted on disk).
+
+        Args:
+            coco: COCO instances dict (``images``, ``annotations``, ``categories``); ``file_name`` entries are
+                relative to ``images_dir`` and must stay inside it.
+            images_dir: the folder the images' ``file_name`` are relative to.
+            source: what messages and the summary name as the annotations (a file or folder).
+            transform, validate, scan_workers: as for the constructor.
+            image_sizes: a scan of these images already made (see :func:`validate_coco`).
+            name: what messages and the summary call the source (default ``str(source)``).
+        """
+        images_dir = Path(images_dir)
+        if not images_dir.is_dir():
+            raise FileNotFoundError(f"image folder {images_dir} does not exist")
+        dataset = cls.__new__(cls)
+        dataset._setup(coco, images_dir, Path(source), transform, validate, scan_workers, image_sizes, name)
+        return dataset
+
+    def _setup(self, coco: dict[str, Any], images_dir: Path, source: Path,
+               transform: Callable[..., dict[str, Any]] | None, validate: bool, scan_workers: int | None,
+               image_sizes: Mapping[Path, tuple[int, int] | str] | None, name: str | None = None) -> None:
+        name = name or str(source)
         records, categories, clean, summary = validate_coco(
-            coco, images_dir, check_files=validate, scan_workers=scan_workers, source=str(ann_path)
+            coco, images_dir, check_files=validate, scan_workers=scan_workers, source=name, image_sizes=image_sizes,
         )
         self.root = images_dir
-        self.annotation_file = ann_path
+        self.annotation_file = source
         self.transform = transform
         self.records = records
         self.categories = categories
@@ -463,9 +532,9 @@ class DetectionDataset(SeededTransform, Dataset):
         self.summary = summary
         logger.info("%s", summary)
         if summary.skipped:
-            logger.warning("%d unreadable images skipped in %s", len(summary.skipped), ann_path)
+            logger.warning("%d unreadable images skipped in %s", len(summary.skipped), name)
         if not records:
-            raise DatasetError(f"no usable images in {ann_path} ({summary.num_images} listed)")
+            raise DatasetError(f"no usable images in {name} ({summary.num_images} listed)")
 
     @property
     def num_classes(self) -> int:

@@ -5,8 +5,10 @@ Everything that touches image bytes on disk goes through here, so every dataset 
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ __all__ = [
     "default_workers",
     "is_image_file",
     "read_image",
+    "scan_image_sizes",
     "scan_images",
     "write_image",
 ]
@@ -84,6 +87,7 @@ def scan_images(
     Each file is read and fully entropy-decoded (JPEGs at 1/8 scale, which still reads every byte of the
     compressed stream but skips most of the pixel work); truncated JPEGs are caught by a marker walk that
     requires the end-of-image marker. OpenCV releases the GIL while decoding, so a thread pool scales.
+    FIFOs, devices and other non-regular files are reported, never opened for a blocking read.
 
     Args:
         paths: files to check, in any order.
@@ -91,44 +95,125 @@ def scan_images(
 
     Returns:
         ``(good, bad)``: the readable paths in input order, and ``(path, reason)`` for each unreadable one
-        (unsupported extension, missing, empty, truncated, corrupt, undecodable), also in input order.
+        (unsupported extension, missing, empty, truncated, corrupt, undecodable, not a regular file), also in
+        input order.
     """
-    paths = [Path(p) for p in paths]
-    if workers is None:
-        workers = default_workers()
-    if not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a non-negative int or None, got {workers!r}")
-    if workers <= 1 or len(paths) <= 1:
-        reasons = [_problem(p) for p in paths]
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
-            reasons = list(pool.map(_problem, paths))
-    good = [p for p, r in zip(paths, reasons) if r is None]
-    bad = [(p, r) for p, r in zip(paths, reasons) if r is not None]
+    sizes = scan_image_sizes(paths, workers)
+    good = [p for p, r in sizes.items() if not isinstance(r, str)]
+    bad = [(p, r) for p, r in sizes.items() if isinstance(r, str)]
     return good, bad
 
 
-def _problem(path: Path) -> str | None:
-    """Why ``path`` is unusable, or ``None`` when it decodes."""
+def scan_image_sizes(
+    paths: Iterable[str | os.PathLike], workers: int | None = None
+) -> dict[Path, tuple[int, int] | str]:
+    """The scan of :func:`scan_images`, also giving each readable image's exact size as :func:`read_image` sees it.
+
+    The size is exact although JPEGs are decoded at 1/8 scale: it comes from the frame header, swapped when
+    the reduced decode shows that the EXIF orientation rotates the image; the rare near-square JPEG where
+    the reduced shape cannot tell is decoded in full.
+
+    Args:
+        paths: files to check (a path given twice is checked once).
+        workers: threads, as for :func:`scan_images`.
+
+    Returns:
+        ``{path: (height, width)}`` for readable files, ``{path: reason}`` (a ``str``) for the others, in input order.
+    """
+    paths = list(dict.fromkeys(Path(p) for p in paths))
+    if workers is None:
+        workers = default_workers()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"workers must be a non-negative int or None, got {workers!r}")
+    if workers <= 1 or len(paths) <= 1:
+        results = [_scan_one(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
+            results = list(pool.map(_scan_one, paths))
+    return dict(zip(paths, results))
+
+
+def _scan_one(path: Path) -> tuple[int, int] | str:
+    """``(height, width)`` of ``path`` as :func:`read_image` would return it, or why it is unusable."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"unsupported file type {path.suffix or '(no extension)'!r}; expected one of {IMAGE_EXTENSIONS}"
     try:
         data = _read_bytes(path)
         image = _decode(data, path, reduced=True)
         _check_layout(image, path)
+        if data[:3].tobytes() != _JPEG_MAGIC:
+            return int(image.shape[0]), int(image.shape[1])
+        size = _jpeg_size(data.tobytes(), image.shape[:2])
+        if size is None:  # orientation ambiguous from the reduced shape: decode in full (rare)
+            full = _decode(data, path, reduced=False)
+            size = int(full.shape[0]), int(full.shape[1])
     except _UnreadableImage as err:
         return err.reason
+    return size
+
+
+def _jpeg_size(data: bytes, reduced: tuple[int, ...]) -> tuple[int, int] | None:
+    """Exact ``(height, width)`` after EXIF rotation, from the frame header and the 1/8-scale decode's shape.
+
+    libjpeg's 1/8 decode is ``ceil(h / 8) x ceil(w / 8)`` before OpenCV applies the EXIF orientation, so
+    its shape says whether height and width were swapped; ``None`` when it cannot tell (or has no header).
+    """
+    header = _jpeg_frame_size(data)
+    if header is None:
+        return None
+    h, w = header
+    upright, rotated = (math.ceil(h / 8), math.ceil(w / 8)), (math.ceil(w / 8), math.ceil(h / 8))
+    if h == w or upright != rotated:
+        if tuple(reduced) == upright:
+            return h, w
+        if tuple(reduced) == rotated:
+            return w, h
+    return None
+
+
+def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from the first start-of-frame segment (SOF0-SOF15 but DHT, JPG, DAC), or ``None``."""
+    pos, n = 2, len(data)  # after SOI
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > n:
+                return None
+            return (data[pos + 5] << 8) | data[pos + 6], (data[pos + 7] << 8) | data[pos + 8]
+        if marker == 0xDA or length < 2:  # image data before any frame header: malformed
+            return None
+        pos += 2 + length
     return None
 
 
 def _read_bytes(path: str | os.PathLike) -> np.ndarray:
-    # np.fromfile + imdecode (rather than cv2.imread) handles any path encoding and lets us inspect the bytes.
+    # Opened non-blocking and checked to be a regular file before reading: a plain open of a FIFO named like
+    # an image would wait for a writer forever. Reading the bytes ourselves (rather than cv2.imread) handles
+    # any path encoding and lets us inspect them.
     try:
-        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise _UnreadableImage(path, "file not found") from None
     except OSError as err:
         raise _UnreadableImage(path, str(err.strerror or err)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+            raise _UnreadableImage(path, f"not a regular file ({kind})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+    except OSError as err:
+        raise _UnreadableImage(path, str(err.strerror or err)) from None
+    finally:
+        os.close(fd)
     if data.size == 0:
         raise _UnreadableImage(path, "empty file (0 bytes)")
     return data

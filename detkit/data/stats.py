@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detkit.data.files import walk_files
 from detkit.data.images import DatasetError, default_workers, is_image_file, read_image
 
 __all__ = ["compute_mean_std"]
@@ -99,7 +100,7 @@ def _as_paths(source: object) -> list[Path]:
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if root.is_dir():
-            return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+            return [p for p in walk_files(root)[0] if is_image_file(p)]
         if root.is_file():
             return [root]
         raise FileNotFoundError(f"dataset_or_paths {root} does not exist")

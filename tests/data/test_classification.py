@@ -123,7 +123,7 @@ def test_hidden_and_non_image_files_are_ignored_and_counted(folder_dataset: Path
     save_rgb(dog / "nested" / "UPPER.PNG", random_rgb(4))  # sub-folders and upper-case extensions count
     ds = ImageFolderDataset(folder_dataset, "train")
     assert ds.classes == ["cat", "dog", "eel"]
-    assert sorted(p.name for p in ds.ignored) == [".cache", ".hidden.png", "Thumbs.db", "notes.txt"]
+    assert sorted(p.name for p in ds.ignored) == [".cache", ".hidden.png", ".trash", "Thumbs.db", "notes.txt"]
     assert sum(1 for p, _ in ds.samples if p.name == "UPPER.PNG") == 1 and len(ds) == 8
 
 

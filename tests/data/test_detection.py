@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -258,3 +259,65 @@ def test_reseed_transform_makes_main_process_augmentation_repeatable(root):
     second = [ds[i][0] for i in range(3)]
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b)
+
+
+def test_file_names_outside_the_image_folder_are_refused_naming_them(tmp_path):
+    _image(tmp_path / "secret.png", 30, 40)  # a file beside the dataset: must never be read through it
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+              {"id": 2, "file_name": "../secret.png", "width": 40, "height": 30},
+              {"id": 3, "file_name": str(tmp_path / "secret.png"), "width": 40, "height": 30}]
+    _image(tmp_path / "ds" / "train" / "a.png", 30, 40)
+    _write(tmp_path / "ds" / "train", images[:1], [])
+    (tmp_path / "ds" / "train" / "annotations.json").write_text(
+        json.dumps({"images": images, "annotations": [_ann(1, 2, 5, [1, 1, 5, 5])], "categories": CATS}))
+    with pytest.raises(DatasetError) as info:
+        DetectionDataset(tmp_path / "ds", split="train")
+    msg = str(info.value)
+    assert "2 image file_name entries outside the image folder" in msg
+    assert "image 2: '../secret.png'" in msg and f"image 3: '{tmp_path / 'secret.png'}'" in msg
+    assert "naming images that are not listed" not in msg  # image 2's annotation is not a second complaint
+
+
+def test_two_categories_with_one_name_are_an_error_naming_them(tmp_path):
+    cats = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "dog"}]
+    _write(tmp_path / "train", [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], [], categories=cats)
+    with pytest.raises(DatasetError, match=r"category names used by more than one category .*'dog' \(ids 1, 3\)"):
+        DetectionDataset(tmp_path, split="train")
+
+
+def test_an_empty_annotation_list_is_a_warning(tmp_path, caplog):
+    _write(tmp_path / "train", [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], [])
+    with caplog.at_level(logging.WARNING):
+        ds = DetectionDataset(tmp_path, split="train")
+    assert len(ds) == 1 and ds.summary.num_negative_images == 1
+    assert "has no annotations at all: every image is a negative" in caplog.text
+
+
+def test_wrong_sizes_in_the_annotations_are_found_by_the_upfront_scan(tmp_path):
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+              {"id": 2, "file_name": "b.jpg", "width": 16, "height": 12},
+              {"id": 3, "file_name": "c.png", "width": 22, "height": 10}]
+    _image(tmp_path / "train" / "a.png", 30, 40)
+    _image(tmp_path / "train" / "b.jpg", 13, 16)  # a JPEG one pixel taller than annotated
+    _image(tmp_path / "train" / "c.png", 22, 10)  # width and height swapped
+    _write(tmp_path / "train", images, [])
+    with pytest.raises(DatasetError) as info:
+        DetectionDataset(tmp_path, split="train")  # at construction: before any epoch
+    msg = str(info.value)
+    assert "2 images whose width/height (HxW) differ from the file's" in msg
+    assert "image 2 (b.jpg): annotated 12x16, file 13x16" in msg
+    assert "image 3 (c.png): annotated 10x22, file 22x10" in msg
+    assert "image 1" not in msg
+    ds = DetectionDataset(tmp_path, split="train", validate=False)  # without the scan, found at load time
+    assert len(ds) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_listed_as_an_image_is_skipped_not_read(tmp_path):
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}, {"id": 2, "file_name": "pipe.png"}]
+    _image(tmp_path / "train" / "a.png", 30, 40)
+    os.mkfifo(tmp_path / "train" / "pipe.png")
+    _write(tmp_path / "train", images, [])
+    ds = DetectionDataset(tmp_path, split="train")
+    assert ds.image_ids == [1] and ds.summary.skipped == [(str(tmp_path / "train" / "pipe.png"),
+                                                           "not a regular file (a FIFO)")]

@@ -183,14 +183,66 @@ def _load_cli():
     return module
 
 
-def test_cli_converts_and_reports_errors_with_exit_code_2(tmp_path, capsys):
+def test_cli_converts_and_reports_errors_as_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch):
     cli = _load_cli()
     coco = _coco_set(tmp_path / "src")
     (tmp_path / "src" / "annotations.json").write_text(json.dumps(coco))
     args = ["--from", "coco", "--to", "voc", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "voc")]
-    assert cli.main(cli.get_args_parser().parse_args(args)) == 0
+    monkeypatch.setattr("sys.argv", ["convert_dataset.py", *args])
+    assert cli._run_cli() == 0
     assert (tmp_path / "voc" / "Annotations" / "a.xml").is_file()
     assert "Annotations" in capsys.readouterr().out
-    bad = ["--from", "yolo", "--to", "coco", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x")]
-    assert cli.main(cli.get_args_parser().parse_args(bad)) == 2
-    assert "convert_dataset: error:" in capsys.readouterr().err
+    for bad in (["--from", "yolo", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x")],
+                ["--from", "coco", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "src" / "out")]):
+        monkeypatch.setattr("sys.argv", ["convert_dataset.py", "--to", "coco", *bad])
+        assert cli._run_cli() == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_convert_refuses_file_names_leaving_their_folder_and_writes_nothing(tmp_path):
+    """A file_name with '..' used to be joined to --dst: converting overwrote a file beside the output."""
+    src, dst = tmp_path / "work" / "src", tmp_path / "out" / "coco"
+    _png(tmp_path / "work" / "shared" / "img.png", 10, 10)
+    victim = tmp_path / "out" / "shared" / "img.png"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"the user's own file")
+    coco = {"images": [{"id": 1, "file_name": "../../shared/img.png", "width": 10, "height": 10}],
+            "annotations": [], "categories": CATS}
+    (src / "train").mkdir(parents=True)
+    (src / "train" / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match=r"1 image file_name entries point outside .*'\.\./\.\./shared/img\.png'"):
+        convert_dataset(src, dst, "coco", "coco")
+    assert victim.read_bytes() == b"the user's own file" and not dst.exists()
+    # an absolute name: YOLO would have written its label file beside the user's image
+    coco["images"][0]["file_name"] = str(tmp_path / "work" / "shared" / "img.png")
+    (src / "train" / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match="point outside"):
+        convert_dataset(src, tmp_path / "yolo", "coco", "yolo")
+    assert not (tmp_path / "work" / "shared" / "img.txt").exists() and not (tmp_path / "yolo").exists()
+
+
+def test_convert_refuses_a_destination_equal_to_or_inside_the_source(tmp_path):
+    coco = _coco_set(tmp_path / "src")
+    (tmp_path / "src" / "annotations.json").write_text(json.dumps(coco))
+    for dst in (tmp_path / "src", tmp_path / "src" / "voc"):
+        with pytest.raises(ValueError, match="could overwrite the sources"):
+            convert_dataset(tmp_path / "src", dst, "coco", "voc")
+    with pytest.raises(ValueError, match="could overwrite the sources"):  # a file source: its image folder
+        convert_dataset(tmp_path / "src" / "annotations.json", tmp_path / "src", "coco", "yolo")
+    assert not (tmp_path / "src" / "voc").exists() and not (tmp_path / "src" / "labels").exists()
+    convert_dataset(tmp_path / "src" / "annotations.json", tmp_path / "beside", "coco", "yolo")  # outside: fine
+
+
+def test_a_voc_file_with_a_wrong_size_is_an_error_before_training(tmp_path):
+    from detkit.data.layouts import find_detection_split
+
+    coco = _coco_set(tmp_path / "src")
+    write_voc(coco, tmp_path / "src", tmp_path / "voc", split="train")
+    xml = tmp_path / "voc" / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<width>64</width>", "<width>640</width>"))
+    from detkit.config import DataConfig
+
+    found = find_detection_split(DataConfig(root=str(tmp_path / "voc")), "train")
+    with pytest.raises(DatasetError, match=r"image 1 \(a\.png\): annotated 48x640, file 48x64"):
+        DetectionDataset.from_coco(found.coco, found.images_dir, found.source, scan_workers=1)

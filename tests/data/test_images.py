@@ -214,3 +214,21 @@ def test_a_failed_write_leaves_no_partial_image_and_keeps_the_previous_one(tmp_p
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["out.jpg"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(("height", "width"), [(20, 40), (37, 23), (17, 9), (16, 10), (64, 64), (1, 300)])
+def test_scan_image_sizes_are_exact_for_jpegs_decoded_at_one_eighth_even_when_exif_rotates_them(
+        tmp_path: Path, height: int, width: int) -> None:
+    data = cv2.imencode(".jpg", random_rgb(3, height, width))[1].tobytes()
+    paths = []
+    for orientation in (1, 3, 5, 6, 8):  # 5-8 swap height and width
+        path = tmp_path / f"o{orientation}.jpg"
+        path.write_bytes(_with_exif_orientation(data, orientation))
+        paths.append(path)
+    progressive = tmp_path / "progressive.jpg"
+    progressive.write_bytes(cv2.imencode(".jpg", random_rgb(3, height, width), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1])
+    png = save_rgb(tmp_path / "p.png", random_rgb(4, height, width))
+    sizes = images.scan_image_sizes([*paths, progressive, png, tmp_path / "missing.png"], workers=2)
+    for path in [*paths, progressive, png]:
+        assert sizes[path] == read_image(path).shape[:2], path.name
+    assert sizes[tmp_path / "missing.png"] == "file not found"

@@ -1,4 +1,4 @@
-"""The classification task: ImageFolder splits, classifiers from ``create_classifier``, cross-entropy, accuracy.
+"""The classification task: class-folder or path,label-list splits, classifiers from ``create_classifier``, cross-entropy, accuracy.
 
 ``best.pt`` maximises top-1 validation accuracy; the confusion matrix is written beside it.
 """
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.config.sections import ExperimentConfig
-from detkit.data.classification import ImageFolderDataset
+from detkit.data.classification import ImageFolderDataset, ImageListDataset
+from detkit.data.layouts import find_classification_split
 from detkit.data.images import read_image
 from detkit.data.transforms import build_classification_transforms
 from detkit.engine.checkpoint import atomic_save
@@ -48,8 +49,14 @@ class ClassificationTask(Task):
 
     @staticmethod
     def load_split(data_cfg: Any, split: str, classes: list[str] | None = None) -> Any:
-        """``ImageFolderDataset`` of ``data_cfg.root/<split>/<class>/*`` (upfront scan per ``data_cfg.scan``)."""
-        return ImageFolderDataset(data_cfg.root, split=split, classes=classes, scan=data_cfg.scan,
+        """The split's dataset: ``ImageFolderDataset`` of its class folders, or ``ImageListDataset`` of its
+        ``path,label`` list, as :func:`detkit.data.layouts.find_classification_split` finds them (upfront scan
+        per ``data_cfg.scan``)."""
+        found = find_classification_split(data_cfg, split)
+        if found.list_file is not None:
+            return ImageListDataset(found.list_file, found.images_dir, classes=classes, scan=data_cfg.scan,
+                                    scan_workers=data_cfg.scan_workers, split=found.split)
+        return ImageFolderDataset(found.folder.parent, split=found.folder.name, classes=classes, scan=data_cfg.scan,
                                   scan_workers=data_cfg.scan_workers)
 
     def build_transform(self, data_cfg: Any, img_size: int, normalization: dict[str, Any], train: bool) -> Any:

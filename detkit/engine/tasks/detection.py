@@ -1,4 +1,4 @@
-"""The detection task for the one trainer: COCO-layout splits, detectors from the registry, COCO evaluation and plots.
+"""The detection task for the one trainer: COCO, YOLO and Pascal VOC splits as they are, detectors from the registry, COCO evaluation and plots.
 
 ``DetectionSplit`` is the dataset a split loads into; ``best.pt`` maximises COCO mAP@[.5:.95] (``val_map``).
 """
@@ -18,6 +18,7 @@ from detkit.config.sections import DetectConfig, ExperimentConfig
 from detkit.data.det_transforms import build_detection_transforms
 from detkit.data.detection import DetectionDataset, detection_collate
 from detkit.data.images import read_image, write_image
+from detkit.data.layouts import find_detection_split
 from detkit.engine.tasks.base import Task, register_task
 from detkit.eval.coco import CocoEvaluator, CocoMetrics
 from detkit.eval.detection import DetectionEvaluator
@@ -43,19 +44,6 @@ class DetectionSplit(DetectionDataset):
     @property
     def samples(self) -> list[tuple[Path, int]]:
         return [(r.path, len(r.labels)) for r in self.records]
-
-
-def _split_annotations(root: Path, split: str) -> tuple[Path, Path | None]:
-    """Image folder and annotation file of a split: ``ROOT/<split>/annotations.json``, else the COCO 2017
-    layout ``ROOT/annotations/instances_<split>.json`` with images in ``ROOT/<split>/``."""
-    images = root / split
-    if (images / "annotations.json").is_file():
-        return images, None
-    coco2017 = root / "annotations" / f"instances_{split}.json"
-    if coco2017.is_file():
-        return images, coco2017
-    raise FileNotFoundError(f"data.root: no annotations for split {split!r}: expected {images / 'annotations.json'} "
-                            f"or {coco2017}")
 
 
 @register_task("detect")
@@ -111,17 +99,22 @@ class DetectionTask(Task):
 
     @staticmethod
     def load_split(data_cfg: Any, split: str, classes: list[str] | None = None) -> DetectionSplit:
-        """``DetectionSplit`` of ``data_cfg.root/<split>/`` (COCO ``annotations.json``; or the COCO 2017 layout).
+        """``DetectionSplit`` of one split, in whichever layout ``data_cfg`` points at (COCO, YOLO, Pascal VOC).
 
-        With ``classes`` given (train's, for val), the split's categories must have the same names in the
-        same order, so labels mean the same thing in both.
+        The split is found by :func:`detkit.data.layouts.find_detection_split` (explicit ``data.*_images`` /
+        ``*_annotations`` keys, a dataset file as ``data.root``, or the layouts under it) and read in memory,
+        never converted on disk; every format goes through the same validation and summary. With ``classes``
+        given (train's, for val), the split's categories must have the same names in the same order, so labels
+        mean the same thing in both.
         """
-        images, annotation_file = _split_annotations(Path(data_cfg.root), split)
-        dataset = DetectionSplit(images, annotation_file=annotation_file, validate=data_cfg.scan,
-                                 scan_workers=data_cfg.scan_workers)
+        found = find_detection_split(data_cfg, split, classes, workers=data_cfg.scan_workers)
+        logger.info("data: split %r is %s (%s)", split, found.layout, found.name)
+        dataset = DetectionSplit.from_coco(found.coco, found.images_dir, source=found.source, validate=data_cfg.scan,
+                                           scan_workers=data_cfg.scan_workers, image_sizes=found.image_sizes,
+                                           name=found.name)
         if classes is not None and list(classes) != dataset.classes:
-            raise ValueError(f"data.root: split {split!r} has categories {dataset.classes}, but training uses "
-                             f"{list(classes)}; both splits need the same categories")
+            raise ValueError(f"data.root: split {split!r} ({found.name}) has categories {dataset.classes}, but "
+                             f"training uses {list(classes)}; both splits need the same categories")
         return dataset
 
     def build_transform(self, data_cfg: Any, img_size: int, normalization: dict[str, Any], train: bool) -> Any:
