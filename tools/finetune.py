@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. optim.lr=0.01")
-    parser.add_argument("--task", choices=TASKS, help="task: classify (ImageFolder) or detect (COCO layout)")
+    parser.add_argument("--task", choices=TASKS, help="task: classify (class folders or path,label lists) or detect (COCO, YOLO or VOC boxes)")
     parser.add_argument("--data", help="dataset folder or file, read as it is (data.root): class folders or path,label "
                         "lists (classify); COCO, YOLO (folder or data.yaml) or Pascal VOC (detect)")
     parser.add_argument("--model", help="architecture, e.g. resnet18 or timm:resnet10t (model.name)")

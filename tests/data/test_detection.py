@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import detkit.data.detection as detection
 import detkit.data.seeding as seeding
 from detkit.data.det_transforms import build_detection_transforms, letterbox_boxes, unletterbox_boxes
 from detkit.data.detection import DetectionDataset, detection_collate, load_coco_json
