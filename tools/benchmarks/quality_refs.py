@@ -47,11 +47,12 @@ class Budget:
 def _timed_epochs(train_epoch, evaluate, epochs: int) -> dict[str, Any]:
     """Run ``train_epoch() -> images`` and ``evaluate() -> metric`` per epoch; best metric, img/s, per-epoch values."""
     start, rates, values = time.perf_counter(), [], []
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         t = time.perf_counter()
         images = train_epoch()
         rates.append(images / (time.perf_counter() - t))
         values.append(float(evaluate()))
+        print(f"      epoch {epoch}/{epochs}: {values[-1]:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
     best = max(range(len(values)), key=lambda i: values[i])
     return {"value": values[best], "best_epoch": best + 1, "last": values[-1], "per_epoch": values,
             "images_per_s": statistics.median(rates), "wall_s": time.perf_counter() - start}
