@@ -1,6 +1,7 @@
-"""Non-maximum suppression: greedy ``nms`` and ``batched_nms`` identical to torchvision's, and ``soft_nms``.
+"""Non-maximum suppression: greedy ``nms`` and ``batched_nms`` with torchvision's results, and ``soft_nms``.
 
-Vectorised block by block with PyTorch ops only, so the same code runs on CPU and CUDA; no Python loop over boxes.
+On CPU torchvision's compiled kernel decides blocks of boxes and vectorised passes drop what they suppress; on
+CUDA a block engine of PyTorch ops does it all. No Python loop over boxes anywhere.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 import struct
 
 import torch
+import torchvision  # noqa: F401  (registers torch.ops.torchvision.nms, the compiled CPU kernel)
 from torch import Tensor
 
 from detkit.ops._checks import check_boxes, check_length, check_number, check_same_device, check_tensor
@@ -26,6 +28,17 @@ _BLOCKS_CUDA = (512, 2048)
 _CHUNK_ELEMS_CPU = 1 << 17
 _CHUNK_ELEMS_CUDA = 1 << 26
 _FLT_MAX = 3.4028234663852886e38
+# On CPU, torchvision's compiled kernel decides boxes in score order (a scalar loop: fast while few
+# pairs need an IoU) and between its calls one vectorised pass drops every box that a kept box
+# suppresses (_greedy_keep_cpu). At most _KERNEL_MAX_CPU undecided boxes go to the kernel whole;
+# more give it their _KERNEL_BLOCK_CPU best first. Measured (tools/bench.py ops --only nms, one
+# thread, CPU time, interleaved, load average 10-13 on 2 cores; docs/benchmarks.md): one round then
+# the kernel, against the kernel alone, random / crowded / clustered boxes: N=512 1.07 / 1.04 / 1.38,
+# N=640 1.01 / 0.93 / 1.09, N=768 1.08 / 0.96 / 0.91, N=1,024 0.96 / 0.70 / 0.77 -- the crossover
+# is near 768; and nms at N=1,000 with the limit at 512 / 640 / 768 / 896: random 0.86 / 0.77 /
+# 0.81 / 0.90, crowded 0.73 / 0.64 / 0.65 / 0.66, clustered 0.89 / 0.78 / 0.73 / 0.75 x torchvision.
+_KERNEL_BLOCK_CPU = 128
+_KERNEL_MAX_CPU = 768
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,6 +54,9 @@ def _check_inputs(boxes: object, scores: object) -> tuple[Tensor, Tensor]:
     check_same_device(boxes=boxes, scores=scores)
     if scores.dtype == torch.bool or scores.is_complex():
         raise TypeError(f"scores must be a real floating or integer tensor, got {scores.dtype}")
+    # NMS returns indices: no gradient flows through it, so inputs that require grad are fine
+    if boxes.requires_grad or scores.requires_grad:
+        boxes, scores = boxes.detach(), scores.detach()
     # half precision areas overflow and lose the IoU; compute in float32 like torchvision's kernel
     if boxes.dtype in (torch.float16, torch.bfloat16):
         boxes = boxes.float()
@@ -53,6 +69,13 @@ def _raise_nan_scores(scores: Tensor) -> None:
         f"scores contains {int(nan.sum())} NaN value(s) (first at index {int(nan.nonzero()[0, 0])}); "
         "NMS needs an order of the scores: replace or drop NaN scores first"
     )
+
+
+def _check_no_nan(scores: Tensor) -> None:
+    """``ValueError`` if some score is NaN."""
+    # max propagates NaN: one reduction and one sync
+    if scores.is_floating_point() and scores.numel() and math.isnan(scores.max().item()):
+        _raise_nan_scores(scores)
 
 
 def _sort_scores(scores: Tensor) -> Tensor:
@@ -92,10 +115,16 @@ def _threshold_for(dtype: torch.dtype, iou_threshold: float) -> float:
 # --------------------------------------------------------------------------------------------
 # the block engine
 # --------------------------------------------------------------------------------------------
-def _coords(boxes: Tensor, order: Tensor) -> Tensor:
-    """``Tensor[5, N]`` rows ``(x1, y1, x2, y2, area)`` of ``boxes[order]``; area as torchvision's kernel."""
-    out = boxes.new_empty((5, order.shape[0]))
-    torch.index_select(boxes.t(), 1, order, out=out[:4])  # [4, N]
+def _coords(boxes: Tensor, order: Tensor | None = None) -> Tensor:
+    """``Tensor[5, N]`` rows ``(x1, y1, x2, y2, area)`` of ``boxes[order]`` (of ``boxes`` without ``order``).
+
+    The area is computed as torchvision's kernel does.
+    """
+    out = boxes.new_empty((5, boxes.shape[0] if order is None else order.shape[0]))
+    if order is None:
+        out[:4] = boxes.t()
+    else:
+        torch.index_select(boxes.t(), 1, order, out=out[:4])  # [4, N]
     wh = out[2:4] - out[0:2]  # [2, N]
     torch.mul(wh[0], wh[1], out=out[4])
     return out
@@ -234,6 +263,53 @@ def _greedy_keep(coords: Tensor, threshold: float) -> Tensor:
     return torch.cat(kept)
 
 
+def _kernel_keep(coords: Tensor, scores: Tensor, threshold: float) -> Tensor:
+    """torchvision's compiled CPU kernel on ``coords`` (``Tensor[5, R]``) and ``scores`` (``Tensor[R]``, same dtype).
+
+    Returns ``Tensor[K]`` positions of the kept boxes by decreasing score, ties by lower position
+    (the kernel sorts stably). Its arithmetic and comparison (float IoU against the double
+    threshold) are those of :func:`_suppression`, so both decide every pair alike.
+    """
+    return torch.ops.torchvision.nms(coords[:4].t(), scores, threshold)  # the kernel reads columns
+
+
+def _greedy_keep_cpu(boxes: Tensor, scores: Tensor, threshold: float, kernel_max: int | None = None) -> Tensor:
+    """Indices of the boxes that greedy NMS keeps, by decreasing score (ties: lower index), on CPU.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` ``(x1, y1, x2, y2)``, float32 or float64.
+        scores: ``Tensor[N]`` scores (no NaN) in the dtype of ``boxes``.
+        threshold: compare value for ``IoU > threshold`` in the dtype of ``boxes``.
+        kernel_max: ``_KERNEL_MAX_CPU`` unless given (the crossover benchmark sets it).
+
+    At most ``kernel_max`` boxes go to torchvision's kernel whole. Otherwise each round hands
+    the best undecided boxes (the ``_KERNEL_BLOCK_CPU`` highest scores and every box tied with the
+    last of them: a prefix of the score order) to the kernel, which decides them exactly; one
+    vectorised pass then drops every other undecided box that one of the kept boxes suppresses. A
+    box so dropped would be suppressed by the full greedy pass too, and suppressed boxes suppress
+    nothing, so the decisions left are unchanged. Once at most ``kernel_max`` boxes are undecided,
+    the kernel decides them all. No global sort.
+    """
+    kernel_max = _KERNEL_MAX_CPU if kernel_max is None else kernel_max
+    if boxes.shape[0] <= kernel_max:
+        return torch.ops.torchvision.nms(boxes, scores, threshold)
+    coords = _coords(boxes)  # [5, R] the undecided boxes, in input order
+    ids = None  # their input indices; None while they are all the boxes
+    kept = []
+    while scores.shape[0] > kernel_max:
+        best = scores >= scores.topk(_KERNEL_BLOCK_CPU, sorted=False).values.min()  # [R] a prefix of the order
+        head = best.nonzero().squeeze(1)  # [n] ascending, so the kernel's stable sort breaks ties by index
+        head_coords = coords.index_select(1, head)  # [5, n]
+        on = _kernel_keep(head_coords, scores.index_select(0, head), threshold)  # [k] positions in head
+        kept.append(head.index_select(0, on) if ids is None else ids.index_select(0, head.index_select(0, on)))
+        hit = _any_suppressed(head_coords.index_select(1, on), coords, threshold).masked_fill_(best, 1)  # [R]
+        alive = (hit == 0).nonzero().squeeze(1)
+        coords, scores = coords.index_select(1, alive), scores.index_select(0, alive)
+        ids = alive if ids is None else ids.index_select(0, alive)
+    on = _kernel_keep(coords, scores, threshold)
+    kept.append(on if ids is None else ids.index_select(0, on))
+    return torch.cat(kept)
+
 def _pad_groups(coords: Tensor, starts: Tensor, sizes: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """Gather groups of consecutive boxes into padded rows.
 
@@ -337,30 +413,51 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         ``Tensor[K]`` int64 indices of the kept boxes, in decreasing order of score; ``[0]`` if
         ``N == 0``.
 
-    How: boxes are decided in score order, a block of up to 256 undecided boxes at a time. The
-    block's own suppression matrix is resolved exactly by a fixed-point iteration (bounded by the
-    longest suppression chain inside the block), then the block's kept boxes remove every later box
-    they overlap above the threshold. Work is ``O(N * K)`` IoUs at worst (``K`` kept), usually far
-    less; pairwise scratch is tiled to about ``2**17`` elements on CPU. On CUDA the same code runs
-    with a few host syncs per block (sizes after compaction), none per box.
+    Inputs that require grad are fine: only indices come back, and no gradient flows.
+
+    How: boxes are decided in score order, a block at a time, and the kept boxes of a block remove
+    every later box they overlap above the threshold before the next block. On CPU (floating scores
+    whose cast to the boxes' dtype is exact) torchvision's compiled kernel decides each block of the
+    128 best undecided boxes, and decides the rest outright once at most 768 are left (so inputs of
+    up to 768 boxes are the kernel alone: below that the kernel is faster, see docs/benchmarks.md);
+    no global sort is needed. Elsewhere (CUDA, integer or wider scores) a block engine of PyTorch
+    ops sorts once and resolves each block's own suppression matrix exactly by a fixed-point
+    iteration (bounded by the longest suppression chain inside the block), with a few host syncs per
+    block, none per box. Work is ``O(N * K)`` IoUs at worst (``K`` kept), usually far less;
+    pairwise scratch is tiled to about ``2**17`` elements on CPU.
     """
     boxes, scores = _check_inputs(boxes, scores)
-    threshold = check_number("iou_threshold", iou_threshold)
+    threshold = _threshold_for(boxes.dtype, check_number("iou_threshold", iou_threshold))
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    if _kernel_serves(boxes, scores):
+        _check_no_nan(scores)
+        return _greedy_keep_cpu(boxes, scores.to(boxes.dtype), threshold)
     order = _sort_scores(scores)
-    keep = _greedy_keep(_coords(boxes, order), _threshold_for(boxes.dtype, threshold))
-    return order[keep]
+    return order[_greedy_keep(_coords(boxes, order), threshold)]
+
+
+def _kernel_serves(boxes: Tensor, scores: Tensor) -> bool:
+    """Whether :func:`_greedy_keep_cpu` applies: CPU tensors, and scores whose cast to the boxes' dtype is exact."""
+    return (
+        boxes.device.type == "cpu"
+        and scores.is_floating_point()
+        and torch.promote_types(scores.dtype, boxes.dtype) == boxes.dtype
+    )
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Class-aware NMS: :func:`nms` applied to each category independently, in one call.
 
-    The result equals ``torchvision.ops.batched_nms``: per category, greedy NMS on the original
-    coordinates, then all kept boxes in decreasing order of score, ties by lower index. (torchvision
-    offsets boxes per category for small inputs, which can round an IoU across the threshold on
-    large coordinates, and loops over categories with an unstable sort for large ones, which orders
-    tied scores arbitrarily; detkit gives the kept set of the per-category loop in a stable order.)
+    The kept set is that of greedy NMS run per category on the original coordinates (torchvision's
+    per-category path, ``_batched_nms_vanilla``), returned in decreasing order of score with ties
+    by lower index. Where this differs from ``torchvision.ops.batched_nms``: its per-category path
+    (CPU inputs of more than 1,000 boxes, CUDA more than 25,000) orders the kept boxes with an
+    *unstable* sort, so boxes with tied scores may come in another order (the same set); its
+    smaller inputs go through one NMS on boxes offset per category, which keeps the same boxes in
+    the same order unless the offset rounds an IoU across the threshold (large coordinates).
+    Without tied scores among the kept boxes, and with exact offsets, the result is torchvision's
+    index for index.
 
     Work grows with the boxes of each category, not with the number of categories: categories are
     padded into rows (those of similar size together) and resolved side by side as in :func:`nms`,
@@ -374,8 +471,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         iou_threshold: discards boxes with ``IoU > iou_threshold`` within a category.
 
     Returns:
-        ``Tensor[K]`` int64 indices of the kept boxes, in decreasing order of score.
+        ``Tensor[K]`` int64 indices of the kept boxes, in decreasing order of score. Without boxes
+        (``boxes.numel() == 0``, whatever its shape) the result is empty and the other arguments
+        are not looked at, as in torchvision (``batched_nms(torch.empty(0), None, None, None)``).
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     boxes, scores = _check_inputs(boxes, scores)
     idxs = check_tensor("idxs", idxs)
     if idxs.dim() != 1:
@@ -385,8 +486,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
         raise TypeError(f"idxs must be an integer tensor of categories, got {idxs.dtype}; use idxs.long()")
     threshold = check_number("iou_threshold", iou_threshold)
-    if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = _sort_scores(scores)  # [N] boxes by decreasing score
     by_class = idxs[order].sort(stable=True)[1]  # [N] score ranks, grouped by category
     perm = order[by_class]  # boxes by category, then by decreasing score
@@ -436,8 +535,7 @@ def soft_nms(
         score) and ``Tensor[K]`` their decayed scores (dtype of ``scores``; float32 for integer scores).
     """
     boxes, scores = _check_inputs(boxes, scores)
-    if scores.is_floating_point() and bool(scores.isnan().any()):
-        _raise_nan_scores(scores)
+    _check_no_nan(scores)
     if method not in ("gaussian", "linear"):
         raise ValueError(f"method must be 'gaussian' or 'linear', got {method!r}")
     sigma = check_number("sigma", sigma)
