@@ -6,6 +6,7 @@ CUDA a block engine of PyTorch ops does it all. No Python loop over boxes anywhe
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -87,6 +88,7 @@ def _sort_scores(scores: Tensor) -> Tensor:
     return order
 
 
+@functools.lru_cache(maxsize=64)  # a pure function of the threshold, which rarely changes between calls
 def _float32_floor(value: float) -> float:
     """The largest float32 that is ``<= value`` (a Python float holding that float32 exactly).
 
@@ -120,11 +122,11 @@ def _coords(boxes: Tensor, order: Tensor | None = None) -> Tensor:
 
     The area is computed as torchvision's kernel does.
     """
-    out = boxes.new_empty((5, boxes.shape[0] if order is None else order.shape[0]))
     if order is None:
-        out[:4] = boxes.t()
-    else:
-        torch.index_select(boxes.t(), 1, order, out=out[:4])  # [4, N]
+        cols = boxes.t()  # [4, N], a view
+        return torch.cat((cols, ((cols[2] - cols[0]) * (cols[3] - cols[1]))[None]))
+    out = boxes.new_empty((5, order.shape[0]))
+    torch.index_select(boxes.t(), 1, order, out=out[:4])  # [4, N]
     wh = out[2:4] - out[0:2]  # [2, N]
     torch.mul(wh[0], wh[1], out=out[4])
     return out
@@ -268,7 +270,8 @@ def _kernel_keep(coords: Tensor, scores: Tensor, threshold: float) -> Tensor:
 
     Returns ``Tensor[K]`` positions of the kept boxes by decreasing score, ties by lower position
     (the kernel sorts stably). Its arithmetic and comparison (float IoU against the double
-    threshold) are those of :func:`_suppression`, so both decide every pair alike.
+    threshold) are those of :func:`_suppression`, so both decide every pair alike (an IoU that
+    involves a NaN coordinate is NaN in both, through the area, and never suppresses).
     """
     return torch.ops.torchvision.nms(coords[:4].t(), scores, threshold)  # the kernel reads columns
 
@@ -297,18 +300,23 @@ def _greedy_keep_cpu(boxes: Tensor, scores: Tensor, threshold: float, kernel_max
     ids = None  # their input indices; None while they are all the boxes
     kept = []
     while scores.shape[0] > kernel_max:
-        best = scores >= scores.topk(_KERNEL_BLOCK_CPU, sorted=False).values.min()  # [R] a prefix of the order
+        block = min(_KERNEL_BLOCK_CPU, scores.shape[0])
+        best = scores >= scores.topk(block, sorted=False).values.min()  # [R] a prefix of the order
         head = best.nonzero().squeeze(1)  # [n] ascending, so the kernel's stable sort breaks ties by index
         head_coords = coords.index_select(1, head)  # [5, n]
         on = _kernel_keep(head_coords, scores.index_select(0, head), threshold)  # [k] positions in head
         kept.append(head.index_select(0, on) if ids is None else ids.index_select(0, head.index_select(0, on)))
-        hit = _any_suppressed(head_coords.index_select(1, on), coords, threshold).masked_fill_(best, 1)  # [R]
-        alive = (hit == 0).nonzero().squeeze(1)
-        coords, scores = coords.index_select(1, alive), scores.index_select(0, alive)
-        ids = alive if ids is None else ids.index_select(0, alive)
+        rest = (~best).nonzero().squeeze(1)  # [R - n] the other undecided boxes, ascending
+        coords = coords.index_select(1, rest)  # [5, R - n]
+        hit = _any_suppressed(head_coords.index_select(1, on), coords, threshold)  # [R - n]
+        alive = (hit == 0).nonzero().squeeze(1)  # positions in rest
+        coords, rest = coords.index_select(1, alive), rest.index_select(0, alive)
+        scores = scores.index_select(0, rest)
+        ids = rest if ids is None else ids.index_select(0, rest)
     on = _kernel_keep(coords, scores, threshold)
     kept.append(on if ids is None else ids.index_select(0, on))
     return torch.cat(kept)
+
 
 def _pad_groups(coords: Tensor, starts: Tensor, sizes: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """Gather groups of consecutive boxes into padded rows.
@@ -432,7 +440,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     if _kernel_serves(boxes, scores):
         _check_no_nan(scores)
-        return _greedy_keep_cpu(boxes, scores.to(boxes.dtype), threshold)
+        return _greedy_keep_cpu(boxes, scores if scores.dtype == boxes.dtype else scores.to(boxes.dtype), threshold)
     order = _sort_scores(scores)
     return order[_greedy_keep(_coords(boxes, order), threshold)]
 
@@ -533,6 +541,7 @@ def soft_nms(
     Returns:
         ``(keep, new_scores)``: ``Tensor[K]`` int64 indices in selection order (non-increasing new
         score) and ``Tensor[K]`` their decayed scores (dtype of ``scores``; float32 for integer scores).
+        Inputs may require grad; no gradient flows (``new_scores`` is detached).
     """
     boxes, scores = _check_inputs(boxes, scores)
     _check_no_nan(scores)

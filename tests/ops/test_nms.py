@@ -130,10 +130,10 @@ def test_nms_matches_torchvision_around_the_crossover(kind, make_boxes):
     # the shipped constants: the kernel alone up to _KERNEL_MAX_CPU boxes, one or more rounds above
     crossover = nms_module._KERNEL_MAX_CPU
     g = torch.Generator().manual_seed(12)
-    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1, 3 * crossover):
+    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1):
         boxes = _crossover_boxes(kind, n, g, make_boxes)
         for scores in (torch.rand(n, generator=g), (torch.rand(n, generator=g) * 8).round()):  # ties too
-            for threshold in (0.3, 0.5, 0.7):
+            for threshold in (0.3, 0.7):
                 expected = torchvision.ops.nms(boxes, scores, threshold)
                 assert torch.equal(nms(boxes, scores, threshold), expected), (kind, n, threshold)
 
@@ -475,7 +475,7 @@ def test_nms_on_cuda_matches_torchvision_around_the_cpu_crossover(kind, make_box
     # CUDA runs the block engine at every size; the CPU crossover sizes are checked there too
     crossover = nms_module._KERNEL_MAX_CPU
     g = torch.Generator().manual_seed(16)
-    for n in (crossover - 1, crossover, crossover + 1, 3 * crossover):
+    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1):
         boxes = _crossover_boxes(kind, n, g, make_boxes)
         scores = (torch.rand(n, generator=g) * 8).round()
         keep = nms(boxes.cuda(), scores.cuda(), 0.5).cpu()
