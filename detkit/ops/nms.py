@@ -265,15 +265,15 @@ def _greedy_keep(coords: Tensor, threshold: float) -> Tensor:
     return torch.cat(kept)
 
 
-def _kernel_keep(coords: Tensor, scores: Tensor, threshold: float) -> Tensor:
-    """torchvision's compiled CPU kernel on ``coords`` (``Tensor[5, R]``) and ``scores`` (``Tensor[R]``, same dtype).
+def _kernel_keep(table: Tensor, threshold: float) -> Tensor:
+    """torchvision's compiled CPU kernel on ``table`` (``Tensor[6, R]`` rows ``x1, y1, x2, y2, area, score``).
 
     Returns ``Tensor[K]`` positions of the kept boxes by decreasing score, ties by lower position
     (the kernel sorts stably). Its arithmetic and comparison (float IoU against the double
     threshold) are those of :func:`_suppression`, so both decide every pair alike (an IoU that
     involves a NaN coordinate is NaN in both, through the area, and never suppresses).
     """
-    return torch.ops.torchvision.nms(coords[:4].t(), scores, threshold)  # the kernel reads columns
+    return torch.ops.torchvision.nms(table[:4].t(), table[5], threshold)  # the kernel reads columns
 
 
 def _greedy_keep_cpu(boxes: Tensor, scores: Tensor, threshold: float, kernel_max: int | None = None) -> Tensor:
@@ -296,24 +296,23 @@ def _greedy_keep_cpu(boxes: Tensor, scores: Tensor, threshold: float, kernel_max
     kernel_max = _KERNEL_MAX_CPU if kernel_max is None else kernel_max
     if boxes.shape[0] <= kernel_max:
         return torch.ops.torchvision.nms(boxes, scores, threshold)
-    coords = _coords(boxes)  # [5, R] the undecided boxes, in input order
+    table = torch.cat((_coords(boxes), scores[None]))  # [6, R] the undecided boxes and scores, in input order
     ids = None  # their input indices; None while they are all the boxes
     kept = []
-    while scores.shape[0] > kernel_max:
-        block = min(_KERNEL_BLOCK_CPU, scores.shape[0])
-        best = scores >= scores.topk(block, sorted=False).values.min()  # [R] a prefix of the order
+    while table.shape[1] > kernel_max:
+        block = min(_KERNEL_BLOCK_CPU, table.shape[1])
+        best = table[5] >= table[5].topk(block, sorted=False).values.min()  # [R] a prefix of the order
         head = best.nonzero().squeeze(1)  # [n] ascending, so the kernel's stable sort breaks ties by index
-        head_coords = coords.index_select(1, head)  # [5, n]
-        on = _kernel_keep(head_coords, scores.index_select(0, head), threshold)  # [k] positions in head
+        head_table = table.index_select(1, head)  # [6, n]
+        on = _kernel_keep(head_table, threshold)  # [k] positions in head
         kept.append(head.index_select(0, on) if ids is None else ids.index_select(0, head.index_select(0, on)))
         rest = (~best).nonzero().squeeze(1)  # [R - n] the other undecided boxes, ascending
-        coords = coords.index_select(1, rest)  # [5, R - n]
-        hit = _any_suppressed(head_coords.index_select(1, on), coords, threshold)  # [R - n]
+        table = table.index_select(1, rest)  # [6, R - n]
+        hit = _any_suppressed(head_table[:5].index_select(1, on), table[:5], threshold)  # [R - n]
         alive = (hit == 0).nonzero().squeeze(1)  # positions in rest
-        coords, rest = coords.index_select(1, alive), rest.index_select(0, alive)
-        scores = scores.index_select(0, rest)
+        table, rest = table.index_select(1, alive), rest.index_select(0, alive)
         ids = rest if ids is None else ids.index_select(0, rest)
-    on = _kernel_keep(coords, scores, threshold)
+    on = _kernel_keep(table, threshold)
     kept.append(on if ids is None else ids.index_select(0, on))
     return torch.cat(kept)
 
