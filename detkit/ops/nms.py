@@ -32,12 +32,14 @@ _FLT_MAX = 3.4028234663852886e38
 # On CPU, torchvision's compiled kernel decides boxes in score order (a scalar loop: fast while few
 # pairs need an IoU) and between its calls one vectorised pass drops every box that a kept box
 # suppresses (_greedy_keep_cpu). At most _KERNEL_MAX_CPU undecided boxes go to the kernel whole;
-# more give it their _KERNEL_BLOCK_CPU best first. Measured (tools/bench.py ops --only nms, one
-# thread, CPU time, interleaved, load average 10-13 on 2 cores; docs/benchmarks.md): one round then
-# the kernel, against the kernel alone, random / crowded / clustered boxes: N=512 1.07 / 1.04 / 1.38,
-# N=640 1.01 / 0.93 / 1.09, N=768 1.08 / 0.96 / 0.91, N=1,024 0.96 / 0.70 / 0.77 -- the crossover
-# is near 768; and nms at N=1,000 with the limit at 512 / 640 / 768 / 896: random 0.86 / 0.77 /
-# 0.81 / 0.90, crowded 0.73 / 0.64 / 0.65 / 0.66, clustered 0.89 / 0.78 / 0.73 / 0.75 x torchvision.
+# more give it their _KERNEL_BLOCK_CPU best first. Measured with `tools/bench.py ops` (nms_crossover
+# rows: one thread, CPU time, interleaved, two runs at load average 17 on 2 cores; docs/benchmarks.md):
+# one round then the kernel, against the kernel alone, random / crowded / clustered boxes:
+# N=512 0.92-0.97 / 0.88-0.97 / 1.26-1.27, N=640 0.96-1.00 / 0.75-0.78 / 1.02-1.05,
+# N=768 0.97-0.99 / 0.73-0.84 / 0.94-0.99, N=1,024 0.93-0.97 / 0.67-0.74 / 0.80-0.89: clustered
+# inputs break even near 768. A sweep of this limit (load 13.6) put nms at N=1,000 at 0.86 / 0.73 /
+# 0.89 x torchvision with 512, 0.77 / 0.64 / 0.78 with 640, 0.81 / 0.65 / 0.73 with 768 and
+# 0.90 / 0.66 / 0.75 with 896; blocks of 64-256 for the kernel's round were within noise of 128.
 _KERNEL_BLOCK_CPU = 128
 _KERNEL_MAX_CPU = 768
 
