@@ -1,6 +1,6 @@
 """Box operations for detection: boxes and IoU, anchors, offset coding, matching, NMS and post-processing.
 
-Exact (agree with ``torchvision.ops`` index for index), vectorised, and the same code on CPU and CUDA.
+torchvision 0.29's signatures and results (nms index for index), on CPU and CUDA; no rotated boxes, no TorchScript.
 """
 
 from detkit.ops.anchors import (

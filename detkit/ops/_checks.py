@@ -38,6 +38,14 @@ def check_boxes(name: str, boxes: object, ndim: int = 2) -> Tensor:
     return as_float(boxes)
 
 
+def check_box_sets(name: str, boxes: object) -> Tensor:
+    """Validate boxes of shape ``[..., N, 4]`` (any leading batch dims); return them as :func:`check_boxes` does."""
+    boxes = check_tensor(name, boxes)
+    if boxes.dim() < 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape [N, 4] or [..., N, 4], got {list(boxes.shape)}")
+    return as_float(boxes)
+
+
 def as_float(t: Tensor) -> Tensor:
     """Return ``t`` unchanged if floating point, else converted to float32."""
     return t if t.dtype in _FLOAT_TYPES else t.to(torch.float32)

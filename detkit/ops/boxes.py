@@ -1,6 +1,7 @@
 """Box basics: format conversion, areas, clipping, small-box removal and the IoU family.
 
-Same signatures and results as ``torchvision.ops``; pairwise IoU and GIoU are computed block by block in place.
+torchvision 0.29's signatures and results for axis-aligned boxes (rotated formats are not supported); pairwise
+IoU and GIoU are computed block by block in place.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detkit.ops._checks import check_boxes, check_same_device, check_tensor
+from detkit.ops._checks import check_box_sets, check_same_device, check_tensor
 
 __all__ = [
     "box_area",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 _FORMATS = ("xyxy", "xywh", "cxcywh")
+# torchvision's rotated formats: detkit has no rotated IoU, so they are rejected with this message
+_ROTATED_FORMATS = ("xywhr", "cxcywhr", "xyxyxyxy")
 
 # Pairwise IoU works on row blocks of about this many [rows, M] elements so that the two scratch
 # buffers stay in cache on CPU; on CUDA bigger blocks keep the number of kernel launches small.
@@ -53,13 +56,46 @@ def _last_dim_4(name: str, boxes: object) -> Tensor:
     return boxes
 
 
+def _check_format(fmt: str, what: str) -> None:
+    """``ValueError`` unless ``fmt`` is an axis-aligned format (rotated ones are named as unsupported)."""
+    if fmt in _FORMATS:
+        return
+    if fmt in _ROTATED_FORMATS:
+        raise ValueError(
+            f"{what}: rotated box format fmt {fmt!r} is not supported by detkit; supported formats are {_FORMATS}"
+        )
+    raise ValueError(f"{what}: unsupported box format fmt {fmt!r}; supported formats are {_FORMATS}")
+
+
 def _pair(boxes1: object, boxes2: object) -> tuple[Tensor, Tensor]:
-    """Validate two ``Tensor[N, 4]``/``Tensor[M, 4]`` sets; return them as float32/float64."""
-    b1 = _upcast(check_boxes("boxes1", boxes1))
-    b2 = _upcast(check_boxes("boxes2", boxes2))
+    """Validate two ``Tensor[..., N, 4]``/``Tensor[..., M, 4]`` sets; return them as float32/float64.
+
+    The leading (batch) dims must broadcast, as in torchvision.
+    """
+    b1 = _upcast(check_box_sets("boxes1", boxes1))
+    b2 = _upcast(check_box_sets("boxes2", boxes2))
     check_same_device(boxes1=b1, boxes2=b2)
+    try:
+        torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"the leading dims of boxes1 {list(b1.shape)} and boxes2 {list(b2.shape)} do not broadcast"
+        ) from None
     dtype = torch.promote_types(b1.dtype, b2.dtype)
     return b1.to(dtype), b2.to(dtype)
+
+
+def _corners(boxes: Tensor, fmt: str) -> tuple[Tensor, Tensor | None]:
+    """``(x1, y1, x2, y2)`` of ``Tensor[..., 4]`` boxes in ``fmt``, and their areas ``w * h`` unless ``'xyxy'``.
+
+    The arithmetic is torchvision's (``xy + wh``, ``c - wh / 2``, ``c + wh / 2``; area ``w * h``), so
+    IoUs in every format agree with ``torchvision.ops.box_iou(..., fmt=fmt)`` bit for bit.
+    """
+    if fmt == "xyxy":
+        return boxes, None
+    xy, wh = boxes[..., :2], boxes[..., 2:]
+    low, high = (xy, xy + wh) if fmt == "xywh" else (xy - wh / 2, xy + wh / 2)
+    return torch.cat((low, high), dim=-1), wh[..., 0] * wh[..., 1]
 
 
 def _paired(boxes1: object, boxes2: object) -> tuple[Tensor, Tensor]:
@@ -81,20 +117,23 @@ def _needs_grad(*tensors: Tensor) -> bool:
 
 
 def _pairwise_coords(boxes1: Tensor, boxes2: Tensor) -> tuple[_Coords, _Coords]:
-    """Coordinates shaped ``[N, 1]`` and ``[1, M]`` so the formulas below broadcast to ``[N, M]``."""
-    a = tuple(c[:, None] for c in boxes1.unbind(-1))
-    b = tuple(c[None, :] for c in boxes2.unbind(-1))
+    """Coordinates shaped ``[..., N, 1]`` and ``[..., 1, M]`` so the formulas below broadcast to ``[..., N, M]``."""
+    a = tuple(c[..., :, None] for c in boxes1.unbind(-1))
+    b = tuple(c[..., None, :] for c in boxes2.unbind(-1))
     return a, b  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
 # formulas on broadcastable coordinates (pairwise when shaped [N, 1] / [1, M], paired when equal)
 # --------------------------------------------------------------------------------------------
-def _inter_union(a: _Coords, b: _Coords) -> tuple[Tensor, Tensor]:
+def _inter_union(a: _Coords, b: _Coords, areas: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Intersection and union; ``areas`` (broadcast like ``a`` and ``b``) replace the areas of the corners."""
     ax1, ay1, ax2, ay2 = a
     bx1, by1, bx2, by2 = b
-    area_a = (ax2 - ax1) * (ay2 - ay1)
-    area_b = (bx2 - bx1) * (by2 - by1)
+    if areas is None:
+        area_a, area_b = (ax2 - ax1) * (ay2 - ay1), (bx2 - bx1) * (by2 - by1)
+    else:
+        area_a, area_b = areas
     w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
     h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
     inter = w * h
@@ -108,8 +147,8 @@ def _enclosing_wh(a: _Coords, b: _Coords) -> tuple[Tensor, Tensor]:
     return w, h
 
 
-def _iou(a: _Coords, b: _Coords, eps: float = 0.0) -> Tensor:
-    inter, union = _inter_union(a, b)
+def _iou(a: _Coords, b: _Coords, eps: float = 0.0, areas: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    inter, union = _inter_union(a, b, areas)
     return inter / (union + eps) if eps else inter / union
 
 
@@ -167,21 +206,43 @@ def _block_rows(num_cols: int, device: torch.device) -> int:
     return max(1, budget // max(1, num_cols))
 
 
-def _pairwise_iou_inplace(boxes1: Tensor, boxes2: Tensor, generalized: bool) -> Tensor:
-    """IoU (or GIoU) of ``Tensor[N, 4]`` x ``Tensor[M, 4]`` written block by block into one ``[N, M]``.
+def _pairwise_iou_inplace(
+    boxes1: Tensor, boxes2: Tensor, generalized: bool, areas: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """IoU (or GIoU) of ``Tensor[..., N, 4]`` x ``Tensor[..., M, 4]`` written block by block into one ``[..., N, M]``.
 
     Same arithmetic, in the same order, as the out-of-place formulas, so the results are identical;
     no ``[N, M, 2]`` intermediate exists. Extra memory: two (four for GIoU) scratch buffers of
-    ``rows x M`` elements with ``rows * M`` about 2**18 on CPU.
+    ``rows x M`` elements with ``rows * M`` about 2**18 on CPU. ``areas`` (``Tensor[..., N]``,
+    ``Tensor[..., M]``) replace the areas of the corners. Leading dims broadcast; one batch
+    element is written at a time.
     """
+    batch = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
+    n, m = boxes1.shape[-2], boxes2.shape[-2]
+    if areas is None:
+        areas = (_corner_areas(boxes1), _corner_areas(boxes2))
+    count = math.prod(batch)
+    b1, b2 = boxes1.expand(*batch, n, 4).reshape(count, n, 4), boxes2.expand(*batch, m, 4).reshape(count, m, 4)
+    a1, a2 = areas[0].expand(*batch, n).reshape(count, n), areas[1].expand(*batch, m).reshape(count, m)
+    out = boxes1.new_empty((count, n, m))
+    if n and m:
+        for i in range(count):
+            _pairwise_iou_into(out[i], b1[i], b2[i], a1[i], a2[i], generalized)
+    return out.view(*batch, n, m)
+
+
+def _corner_areas(boxes: Tensor) -> Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def _pairwise_iou_into(
+    out: Tensor, boxes1: Tensor, boxes2: Tensor, area1: Tensor, area2: Tensor, generalized: bool
+) -> None:
+    """Write the IoU (or GIoU) of ``Tensor[N, 4]`` x ``Tensor[M, 4]`` into ``out`` (``Tensor[N, M]``), in row blocks."""
     n, m = boxes1.shape[0], boxes2.shape[0]
-    out = boxes1.new_empty((n, m))
-    if n == 0 or m == 0:
-        return out
     rows = min(n, _block_rows(m, boxes1.device))
     scratch = boxes1.new_empty((4 if generalized else 2, rows, m))
-    area1 = ((boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1]))[:, None]  # [N, 1]
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])  # [M]
+    area1 = area1[:, None]  # [N, 1]
     b = tuple(boxes2.t().contiguous().unbind(0))  # four [M]
     cols1 = boxes1.t().contiguous()[:, :, None]  # [4, N, 1]
     for start in range(0, n, rows):
@@ -198,7 +259,6 @@ def _pairwise_iou_inplace(boxes1: Tensor, boxes2: Tensor, generalized: bool) -> 
             v.sub_(torch.minimum(a[1], b[1], out=w)).clamp_(min=0)  # enclosing height
             u.mul_(v)  # enclosing area
             o.sub_(torch.sub(u, t, out=v).div_(u))  # IoU - (enclosing - union) / enclosing
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +268,8 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     """Convert boxes between ``'xyxy'``, ``'xywh'`` and ``'cxcywh'``.
 
     ``'xyxy'`` is ``(x1, y1, x2, y2)`` corners, ``'xywh'`` is the top-left corner plus width and
-    height, ``'cxcywh'`` is the centre plus width and height.
+    height, ``'cxcywh'`` is the centre plus width and height. torchvision 0.29's rotated formats
+    (``'xywhr'``, ``'cxcywhr'``, ``'xyxyxyxy'``) are not supported: they raise ``ValueError``.
 
     Args:
         boxes: ``Tensor[..., 4]`` boxes in ``in_fmt``; any number of leading dimensions.
@@ -224,8 +285,10 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
         ValueError: an unknown format, or ``boxes`` not shaped ``[..., 4]``.
     """
     if in_fmt not in _FORMATS or out_fmt not in _FORMATS:
+        rotated = [f for f in (in_fmt, out_fmt) if f in _ROTATED_FORMATS]
+        why = f" (rotated formats such as {rotated[0]!r} are not supported by detkit)" if rotated else ""
         raise ValueError(
-            f"Unsupported box conversion for in_fmt {in_fmt!r} and out_fmt {out_fmt!r}; "
+            f"Unsupported box conversion for in_fmt {in_fmt!r} and out_fmt {out_fmt!r}{why}; "
             f"supported formats are {_FORMATS}"
         )
     boxes = _last_dim_4("boxes", boxes)
@@ -256,8 +319,7 @@ def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
         ``Tensor[...]`` areas. float16/bfloat16 are computed and returned in float32; int32/int64
         stay integer (exact), smaller integer types become int32 -- torchvision's dtypes.
     """
-    if fmt not in _FORMATS:
-        raise ValueError(f"Unsupported box format fmt {fmt!r}; supported formats are {_FORMATS}")
+    _check_format(fmt, "box_area")
     boxes = _last_dim_4("boxes", boxes)
     if boxes.is_floating_point():
         boxes = _upcast(boxes)
@@ -268,40 +330,49 @@ def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
     return boxes[..., 2] * boxes[..., 3]
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """Intersection over union of every pair of boxes.
 
     Args:
-        boxes1: ``Tensor[N, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
-        boxes2: ``Tensor[M, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
+        boxes1: ``Tensor[..., N, 4]`` boxes in ``fmt``; any leading (batch) dims.
+        boxes2: ``Tensor[..., M, 4]`` boxes in ``fmt``; leading dims that broadcast with ``boxes1``'s.
+        fmt: ``'xyxy'`` (``(x1, y1, x2, y2)``, the default), ``'xywh'`` or ``'cxcywh'``, as in
+            torchvision 0.29. Its rotated formats (``'xywhr'``, ``'cxcywhr'``, ``'xyxyxyxy'``) are
+            not supported and raise ``ValueError``.
 
     Returns:
-        ``Tensor[N, M]`` IoU values, in float32 for float16/bfloat16/integer input and in float64
-        for float64 input (torchvision's dtypes). Two zero-area boxes give 0/0 = NaN, as in
-        torchvision.
+        ``Tensor[..., N, M]`` IoU values, in float32 for float16/bfloat16/integer input and in
+        float64 for float64 input (torchvision's dtypes). Two zero-area boxes give 0/0 = NaN, as in
+        torchvision. For ``'xywh'``/``'cxcywh'`` the corners and areas (``w * h``) are computed as
+        torchvision does, so the values are its values.
 
-    Memory: the ``[N, M]`` result plus two scratch blocks of about 2**18 elements on CPU (2**24 on
-    CUDA) -- ``4 * N * M`` bytes in float32 instead of about ``32 * N * M`` for torchvision's
+    Memory: the ``[..., N, M]`` result plus two scratch blocks of about 2**18 elements on CPU (2**24
+    on CUDA) -- ``4 * N * M`` bytes in float32 instead of about ``32 * N * M`` for torchvision's
     ``[N, M, 2]`` intermediates. When an input requires grad, a differentiable out-of-place path
-    is used instead (a few ``[N, M]`` temporaries).
+    is used instead (a few ``[..., N, M]`` temporaries).
     """
+    _check_format(fmt, "box_iou")
     b1, b2 = _pair(boxes1, boxes2)
+    (b1, area1), (b2, area2) = _corners(b1, fmt), _corners(b2, fmt)
+    areas = None if area1 is None or area2 is None else (area1, area2)
     if _needs_grad(b1, b2):
-        return _iou(*_pairwise_coords(b1, b2))
-    return _pairwise_iou_inplace(b1, b2, generalized=False)
+        a, b = _pairwise_coords(b1, b2)
+        return _iou(a, b, areas=None if areas is None else (areas[0][..., :, None], areas[1][..., None, :]))
+    return _pairwise_iou_inplace(b1, b2, generalized=False, areas=areas)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Generalized IoU (IoU minus the empty fraction of the enclosing box) of every pair of boxes.
 
     Args:
-        boxes1: ``Tensor[N, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
-        boxes2: ``Tensor[M, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
+        boxes1: ``Tensor[..., N, 4]`` boxes in ``(x1, y1, x2, y2)`` format; any leading (batch) dims.
+        boxes2: ``Tensor[..., M, 4]`` boxes in ``(x1, y1, x2, y2)`` format; leading dims that
+            broadcast with ``boxes1``'s. (torchvision 0.29 has no ``fmt`` here either.)
 
     Returns:
-        ``Tensor[N, M]`` values in ``[-1, 1]`` for valid boxes; dtypes as :func:`box_iou`.
+        ``Tensor[..., N, M]`` values in ``[-1, 1]`` for valid boxes; dtypes as :func:`box_iou`.
 
-    Memory: the ``[N, M]`` result plus four scratch blocks (see :func:`box_iou`).
+    Memory: the ``[..., N, M]`` result plus four scratch blocks (see :func:`box_iou`).
     """
     b1, b2 = _pair(boxes1, boxes2)
     if _needs_grad(b1, b2):
@@ -313,12 +384,13 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     """Distance IoU (IoU minus squared centre distance over squared enclosing diagonal) of every pair.
 
     Args:
-        boxes1: ``Tensor[N, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
-        boxes2: ``Tensor[M, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
+        boxes1: ``Tensor[..., N, 4]`` boxes in ``(x1, y1, x2, y2)`` format; any leading (batch) dims.
+        boxes2: ``Tensor[..., M, 4]`` boxes in ``(x1, y1, x2, y2)`` format; leading dims that
+            broadcast with ``boxes1``'s.
         eps: added to the squared diagonal to avoid division by zero.
 
     Returns:
-        ``Tensor[N, M]``; dtypes as :func:`box_iou`. Uses a few ``[N, M]`` temporaries (no
+        ``Tensor[..., N, M]``; dtypes as :func:`box_iou`. Uses a few ``[..., N, M]`` temporaries (no
         ``[N, M, 2]`` ones).
     """
     b1, b2 = _pair(boxes1, boxes2)
@@ -329,12 +401,13 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     """Complete IoU (distance IoU minus an aspect-ratio consistency term) of every pair of boxes.
 
     Args:
-        boxes1: ``Tensor[N, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
-        boxes2: ``Tensor[M, 4]`` boxes in ``(x1, y1, x2, y2)`` format.
+        boxes1: ``Tensor[..., N, 4]`` boxes in ``(x1, y1, x2, y2)`` format; any leading (batch) dims.
+        boxes2: ``Tensor[..., M, 4]`` boxes in ``(x1, y1, x2, y2)`` format; leading dims that
+            broadcast with ``boxes1``'s.
         eps: small number that prevents division by zero.
 
     Returns:
-        ``Tensor[N, M]``; dtypes as :func:`box_iou`. The trade-off weight ``alpha`` carries no
+        ``Tensor[..., N, M]``; dtypes as :func:`box_iou`. The trade-off weight ``alpha`` carries no
         gradient, as in the paper and torchvision.
     """
     b1, b2 = _pair(boxes1, boxes2)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from detkit.ops._checks import check_boxes, check_number, check_same_device, check_tensor
-from detkit.ops.boxes import _block_rows, _inter_union, _iou_rows_into
+from detkit.ops.boxes import _block_rows, _iou_rows_into
 from detkit.ops.coder import BoxCoder
 
 __all__ = ["Matcher", "assign_anchors", "multibox_target"]
@@ -18,6 +18,11 @@ __all__ = ["Matcher", "assign_anchors", "multibox_target"]
 _TAKEN = -1.0
 # chunk length of the two-level arg-max (an amax over chunks is vectorised, arg-max is not)
 _ARGMAX_CHUNK = 64
+# rows of ground truths per scan block, as a multiple of _block_rows: about 2**19 IoUs per block on CPU
+# (measured against 1 and 4 on the multibox_target benchmark case)
+_SCAN_ROWS_FACTOR = 2
+# blocks per strip of ground truths sorted by x1 (each strip is then cut by y1, see _block_bounds)
+_SCAN_STRIP = 2
 
 
 def _area(boxes: Tensor) -> Tensor:
@@ -34,7 +39,7 @@ def _first_max(rows: Tensor) -> tuple[Tensor, Tensor]:
 
     Takes the maximum of every chunk of 64 (vectorised), the first chunk that reaches the row
     maximum, then the first index inside that chunk: the same answer as ``max(dim=1)``. Rows whose
-    width is a multiple of 64 (see :class:`_IouRows`) need no separate tail.
+    width is a multiple of 64 (see :class:`_IouBlocks`) need no separate tail.
     """
     num_rows, width = rows.shape
     main = width - width % _ARGMAX_CHUNK
@@ -52,138 +57,180 @@ def _first_max(rows: Tensor) -> tuple[Tensor, Tensor]:
     return value, index
 
 
-class _IouRows:
-    """IoU rows of chosen ground truths against all anchors, computed a block at a time in place.
+class _IouBlocks:
+    """IoU of blocks of ground truths against anchors, written into one buffer that every block reuses.
 
-    Every IoU in this module comes from here or from :func:`_iou_pairs`, which use the same
-    operations in the same order as ``box_iou`` (and the textbook), so values agree bit for bit.
-    The result buffer is padded with -inf to a multiple of 64 columns for :func:`_first_max`.
+    Every IoU in this module comes from here: :func:`_iou_rows_into` uses the same operations in
+    the same order as ``box_iou`` (and the textbook), so values agree bit for bit. A block's rows
+    are padded with -inf to a multiple of 64 columns for :func:`_first_max`.
+
+    Args:
+        anchors: ``Tensor[A, 4]``.
+        rows: the most ground truths per block; the buffer holds ``3 * rows * (A + 64)`` values.
+        sanitise: whether IoUs must be made well defined (NaN -> 0, clamped to [0, 1]).
     """
 
-    def __init__(self, anchors: Tensor, sanitise: bool, max_rows: int) -> None:
-        self.anchors = tuple(anchors.t().contiguous().unbind(0))  # four [A]
-        self.area = _area(anchors)  # [A]
+    def __init__(self, anchors: Tensor, rows: int, sanitise: bool) -> None:
+        self.table = torch.cat((anchors.t(), _area(anchors)[None]))  # [5, A] x1, y1, x2, y2, area
+        self.rows = rows
         self.sanitise = sanitise
-        self.max_rows = max(1, min(max_rows, _block_rows(anchors.shape[0], anchors.device)))
-        self._buffers: tuple[Tensor, Tensor] | None = None  # allocated on first use
+        self._buffer = anchors.new_empty((3, rows * (anchors.shape[0] + _ARGMAX_CHUNK)))
 
-    def block(self, gt: Tensor) -> tuple[Tensor, Tensor]:
-        """IoU of ``gt`` (``Tensor[r, 4]``, ``r <= max_rows``) with every anchor, overwritten by the next call.
+    def __call__(self, gt: Tensor, members: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """IoU of ``gt`` (``Tensor[r, 4]``, ``r <= rows``) with the anchors ``members`` (``Tensor[W]``; None: all).
 
-        Returns ``(iou, padded)``: ``Tensor[r, A]`` and the same memory as ``Tensor[r, A padded]``.
+        Returns ``(iou, padded)``: ``Tensor[r, W]`` and the same memory as ``Tensor[r, W padded]``,
+        both overwritten by the next call.
         """
-        num_anchors = self.area.shape[0]
-        if self._buffers is None:
-            padded_width = -(-num_anchors // _ARGMAX_CHUNK) * _ARGMAX_CHUNK
-            result = self.area.new_full((self.max_rows, padded_width), float("-inf"))  # [rows, A padded]
-            self._buffers = (result, self.area.new_empty((2, self.max_rows, num_anchors)))
-        result, scratch = self._buffers
-        num_rows = gt.shape[0]
-        padded = result[:num_rows]
-        cols = tuple(c[:, None] for c in gt.unbind(1))  # four [r, 1]
-        iou = _iou_rows_into(padded[:, :num_anchors], scratch[:, :num_rows], cols,  # type: ignore[arg-type]
-                             _area(gt)[:, None], self.anchors, self.area)
+        window = self.table if members is None else self.table.index_select(1, members)  # [5, W]
+        count, width = gt.shape[0], window.shape[1]
+        padded_width = -(-width // _ARGMAX_CHUNK) * _ARGMAX_CHUNK
+        padded = self._buffer[0, : count * padded_width].view(count, padded_width)
+        padded[:, width:] = float("-inf")
+        scratch = self._buffer[1:, : count * width].view(2, count, width)
+        g_cols = tuple(c[:, None] for c in gt.unbind(1))  # four [r, 1]
+        iou = _iou_rows_into(padded[:, :width], scratch, g_cols, _area(gt)[:, None],  # type: ignore[arg-type]
+                             tuple(window[:4].unbind(0)), window[4])  # type: ignore[arg-type]
         if self.sanitise:
             torch.nan_to_num_(iou, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0, max=1.0)
         return iou, padded
 
 
-def _iou_pairs(gt: Tensor, anchors: Tensor, sanitise: bool) -> Tensor:
-    """IoU of ``gt`` ``Tensor[..., 4]`` with ``anchors`` ``Tensor[..., 4]`` (broadcast), same arithmetic."""
-    inter, union = _inter_union(gt.unbind(-1), anchors.unbind(-1))  # type: ignore[arg-type]
-    iou = inter / union
-    if sanitise:
-        torch.nan_to_num_(iou, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0, max=1.0)
-    return iou
+def _block_bounds(rows: Tensor, flat_gt: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """Ground-truth rows grouped into compact blocks of ``block``, and the extent of each block.
+
+    Rows are sorted by x1 into strips of ``_SCAN_STRIP`` blocks, and each strip by y1 into blocks,
+    so that a block covers a small area. An anchor that ends at or before a block's smallest x1
+    (or y1), or starts at or after its largest x2 (or y2), overlaps none of its ground truths: their
+    IoU is exactly 0.
+
+    Returns:
+        ``(rows, extents)``: the rows in block order (``Tensor[n]``) and per block
+        ``[min x1, min y1, max x2, max y2]`` (``Tensor[blocks, 4]``).
+    """
+    rows = rows[torch.argsort(flat_gt[rows, 0])]  # [n] by x1 (any order among equal values)
+    strip = torch.arange(rows.numel(), device=rows.device) // (block * _SCAN_STRIP)  # [n], ascending
+    by_y = torch.argsort(flat_gt[rows, 1])
+    rows = rows[by_y[torch.argsort(strip[by_y], stable=True)]]  # by strip, then by y1
+    blocks = -(-rows.numel() // block)
+    last = rows[-1:].expand(blocks * block - rows.numel())  # pad with a repeat: extents unchanged
+    boxes = flat_gt[torch.cat((rows, last))].view(blocks, block, 4)
+    return rows, torch.cat((boxes[..., :2].amin(dim=1), boxes[..., 2:].amax(dim=1)), dim=1)  # [blocks, 4]
+
+
+def _near(table: Tensor, extents: Tensor) -> Tensor:
+    """``Tensor[c, A]`` bool: the anchors (``table``, ``Tensor[5, A]``) that overlap each extent (``Tensor[c, 4]``).
+
+    The overlap is computed by the subtraction the IoU uses, ``min(x2) - max(x1)`` (and in y); a
+    ground truth inside an extent overlaps an anchor by no more, so a positive IoU implies near.
+    """
+    wx = torch.minimum(table[2], extents[:, 2:3]).sub_(torch.maximum(table[0], extents[:, 0:1]))  # [c, A]
+    wy = torch.minimum(table[3], extents[:, 3:4]).sub_(torch.maximum(table[1], extents[:, 1:2]))
+    return torch.minimum(wx, wy) > 0
 
 
 def _scan(
-    flat_gt: Tensor, flat_valid: Tensor, num_images: int, anchors: Tensor, iou_threshold: float, sanitise: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One pass over every (valid gt, anchor) pair, in blocks, without storing the IoU matrix.
+    flat_gt: Tensor, flat_valid: Tensor, num_images: int, blocks: _IouBlocks, iou_threshold: float
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """One pass over every (valid gt, anchor) pair that can overlap, in blocks, without storing the IoU matrix.
 
-    Anchors are sorted by x1 and ground truths by x1, so a block of ground truths meets a window of
-    consecutive sorted anchors: the anchors before it end (running max of x2) at or before the
-    block's smallest x1, those after it start after its largest x2, so their IoU is exactly 0 and
-    they are skipped (with boxes of non-positive area the window is all anchors). The window's
-    anchors are taken back in their original order, so ties resolve to the smallest index.
+    Ground truths are taken a block at a time against the anchors that overlap the block's extent
+    (:func:`_block_bounds`; the others have IoU exactly 0; with boxes of non-positive area, all
+    anchors), in their original order so that ties resolve to the smallest index.
 
     Args:
         flat_gt: ``Tensor[R, 4]`` ground truths, row ``g * B + b`` for gt ``g`` of image ``b``.
         flat_valid: ``Tensor[R]`` bool, False for padding rows (left out).
         num_images: ``B``.
-        anchors: ``Tensor[A, 4]``.
+        blocks: the IoU blocks of the anchors.
         iou_threshold: the threshold of the second phase.
-        sanitise: whether IoUs must be made well defined (NaN -> 0, clamped to [0, 1]).
 
     Returns:
-        ``(col_val, col_arg, candidate)``: per row its best IoU (``Tensor[R]``, -1 for padding)
-        and the first anchor reaching it (``Tensor[R]`` int64, 0 when the best IoU is 0: all
-        anchors tie), and ``Tensor[B, A]`` bool, anchors with an IoU ``>= iou_threshold`` with a
-        ground truth of their image.
+        ``(col_val, col_arg, hits)``: per row its best IoU (``Tensor[R]``, -1 for padding) and the
+        first anchor reaching it (``Tensor[R]`` int64, 0 when the best IoU is 0: all anchors tie);
+        ``hits = (key, gt, iou)``, three ``Tensor[H]``: every pair with an IoU ``>= iou_threshold``
+        (``> 0`` for a threshold of 0), ``key = image * A + anchor``.
     """
-    num_rows, num_anchors, device = flat_gt.shape[0], anchors.shape[0], anchors.device
+    num_rows, device, table = flat_gt.shape[0], flat_gt.device, blocks.table
+    num_anchors, block = table.shape[1], blocks.rows
     col_val = flat_gt.new_full((num_rows,), _TAKEN)
     col_arg = torch.zeros(num_rows, dtype=torch.int64, device=device)
-    candidate = torch.zeros((num_images, num_anchors), dtype=torch.bool, device=device)
     rows = torch.nonzero(flat_valid).squeeze(1)  # [n] valid rows
-    if iou_threshold <= 0:  # every anchor of an image with a ground truth qualifies, IoU 0 included
-        candidate[torch.unique(rows % num_images)] = True
-    block = max(1, min(rows.numel(), _block_rows(num_anchors, device) * 4))
-    starts = list(range(0, rows.numel(), block))
-    if sanitise:
-        rank = None
-        windows = [(0, num_anchors)] * len(starts)
-    else:
-        order = torch.argsort(anchors[:, 0], stable=True)  # [A] anchors by x1
-        rank = torch.empty_like(order).scatter_(0, order, torch.arange(num_anchors, device=device))
-        rows = rows[torch.argsort(flat_gt[rows, 0], stable=True)]  # ground truths by x1
-        gx1, gx2 = flat_gt[rows, 0], flat_gt[rows, 2]  # [n], gx1 ascending
-        pad = len(starts) * block - rows.numel()
-        block_x2 = torch.cat((gx2, gx2.new_full((pad,), float("-inf")))).view(len(starts), block).amax(dim=1)
-        reach = torch.cummax(anchors[order, 2], dim=0).values  # sorted anchors before i all end by reach[i - 1]
-        lo = torch.searchsorted(reach, gx1[::block].contiguous(), right=True)
-        hi = torch.searchsorted(anchors[order, 0].contiguous(), block_x2, right=True)
-        windows = list(zip(lo.tolist(), hi.tolist()))  # one host sync for all blocks
-
-    image_of_row = rows % num_images  # [n]
-    buffer = anchors.new_empty((3, block * (num_anchors + _ARGMAX_CHUNK)))
-    for start, (lo_k, hi_k) in zip(starts, windows):
+    starts = range(0, rows.numel(), block)
+    extents = None  # with boxes of non-positive area every anchor is near every block
+    if not blocks.sanitise:
+        rows, extents = _block_bounds(rows, flat_gt, block)
+    chunk = max(1, (1 << 18) // max(1, num_anchors))  # blocks per [chunk, A] near mask (about 2**18 values)
+    hits = []
+    for k, start in enumerate(starts):
         idx = rows[start : start + block]  # [r] flat rows of this block
-        count = idx.numel()
-        if hi_k <= lo_k:  # no anchor overlaps: every IoU is 0 and the first anchor wins
-            col_val[idx] = 0.0
-            continue
-        # the window's anchors in their original order, so that first-index ties match the textbook
-        if rank is None:
-            members = torch.arange(num_anchors, device=device)
-        else:
-            members = torch.nonzero((rank >= lo_k) & (rank < hi_k)).squeeze(1)  # [W] ascending
-        width = members.numel()
-        padded_width = -(-width // _ARGMAX_CHUNK) * _ARGMAX_CHUNK
-        padded = buffer[0, : count * padded_width].view(count, padded_width)
-        padded[:, width:] = float("-inf")
-        scratch = buffer[1:, : count * width].view(2, count, width)
-        g, a = flat_gt[idx], anchors[members]  # [r, 4], [W, 4]
-        g_cols = tuple(c[:, None] for c in g.unbind(1))  # four [r, 1]
-        a_rows = tuple(a.t().contiguous().unbind(0))  # four [W]
-        iou = _iou_rows_into(
-            padded[:, :width], scratch, g_cols, _area(g)[:, None], a_rows, _area(a)  # type: ignore[arg-type]
-        )
-        if sanitise:
-            torch.nan_to_num_(iou, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0, max=1.0)
+        members = None  # every anchor
+        if extents is not None:  # the anchors that overlap the block's extent, in their original order
+            if k % chunk == 0:
+                near = _near(table, extents[k : k + chunk])  # [chunk, A]
+            members = torch.nonzero(near[k % chunk]).squeeze(1)  # [W]
+            if members.numel() == 0:  # every IoU is 0 and the first anchor wins
+                col_val[idx] = 0.0
+                continue
+        iou, padded = blocks(flat_gt[idx], members)  # [r, W], [r, W padded]
         best, first = _first_max(padded)  # [r], [r] position in the window
         col_val[idx] = best
-        col_arg[idx] = torch.where(best > 0, members[first], 0)  # a best of 0: all anchors tie, the first wins
-        # anchors reaching the threshold with some row of the block, then which rows (few)
-        hit = torch.nonzero(iou.amax(dim=0) >= iou_threshold).squeeze(1)  # [h] window positions
-        if hit.numel():
-            hit_row, hit_col = torch.nonzero(iou[:, hit] >= iou_threshold, as_tuple=True)
-            candidate[image_of_row[start : start + block][hit_row], members[hit[hit_col]]] = True
-    return col_val, col_arg, candidate
+        at = first if members is None else members[first]
+        col_arg[idx] = torch.where(best > 0, at, 0)  # a best of 0: all anchors tie, the first wins
+        hits.append(_block_hits(iou, padded, idx, members, num_images, num_anchors, iou_threshold))
+    if not hits:
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return col_val, col_arg, (empty, empty, flat_gt.new_empty(0))
+    return col_val, col_arg, tuple(torch.cat(h) for h in zip(*hits))  # type: ignore[return-value]
 
 
-def _assign_batched(gt: Tensor, valid: Tensor, anchors: Tensor, iou_threshold: float) -> Tensor:
+def _block_hits(
+    iou: Tensor,
+    padded: Tensor,
+    idx: Tensor,
+    members: Tensor | None,
+    num_images: int,
+    num_anchors: int,
+    iou_threshold: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(key, gt, iou)`` of the pairs of a block whose IoU reaches the threshold (see :func:`_scan`).
+
+    ``iou`` is the block's ``Tensor[r, W]`` (a view of ``padded``), ``idx`` its flat rows
+    ``Tensor[r]``, ``members`` the anchor index of each column ``Tensor[W]`` (None: all anchors).
+    """
+    def reach(t: Tensor) -> Tensor:
+        return t >= iou_threshold if iou_threshold > 0 else t > 0
+
+    cols = torch.nonzero(reach(iou.amax(dim=0))).squeeze(1)  # [h] columns some row reaches
+    sub = padded.index_select(1, cols)  # [r, h] (gathering from the contiguous buffer is faster)
+    flat = torch.nonzero(reach(sub).view(-1)).squeeze(1)  # [H] hits, row-major in [r, h]
+    hit_row, hit_col = flat // cols.numel(), flat % cols.numel()
+    anchor = cols[hit_col] if members is None else members[cols[hit_col]]
+    row = idx[hit_row]
+    return (row % num_images) * num_anchors + anchor, row // num_images, sub.view(-1)[flat]
+
+
+def _best_gt_per_anchor(hits: tuple[Tensor, Tensor, Tensor], matches: Tensor) -> Tensor:
+    """Give every anchor with a hit its best ground truth (the first among equal IoUs), in place.
+
+    Args:
+        hits: ``(key, gt, iou)`` from :func:`_scan`; when an anchor's best IoU reaches the
+            threshold, every ground truth at that IoU is among its hits.
+        matches: ``Tensor[B, A]`` int64 (contiguous), written at the keys of the hits.
+
+    Returns:
+        ``Tensor[U]`` the keys written, ascending.
+    """
+    key, gt, iou = hits
+    keys, slot = torch.unique(key, return_inverse=True)  # [U], [H]
+    best = iou.new_full(keys.shape, float("-inf")).scatter_reduce_(0, slot, iou, "amax")  # [U]
+    tied = iou == best[slot]  # [H] hits at their anchor's best IoU
+    first = torch.full_like(keys, torch.iinfo(torch.int64).max).scatter_reduce_(0, slot[tied], gt[tied], "amin")
+    matches.view(-1)[keys] = first
+    return keys
+
+
+def _assign_batched(gt: Tensor, valid: Tensor, anchors: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
     """The textbook's assignment for a padded batch, without materialising the IoU matrix.
 
     Args:
@@ -193,40 +240,41 @@ def _assign_batched(gt: Tensor, valid: Tensor, anchors: Tensor, iou_threshold: f
         iou_threshold: IoU at which an anchor not claimed greedily takes its best ground truth.
 
     Returns:
-        ``Tensor[B, A]`` int64 ground-truth index per anchor, -1 for none.
+        ``(matches, assigned)``: ``Tensor[B, A]`` int64 ground-truth index per anchor, -1 for none,
+        and ``Tensor[K]`` int64 the flat positions ``b * A + a`` of the assigned anchors, ascending.
     """
     num_gt, num_images, _ = gt.shape
     num_anchors = anchors.shape[0]
     matches = torch.full((num_images, num_anchors), -1, dtype=torch.int64, device=anchors.device)
     if num_gt == 0 or num_anchors == 0 or num_images == 0 or not bool(valid.any()):
-        return matches
+        return matches, torch.empty(0, dtype=torch.int64, device=anchors.device)
     # IoUs that involve boxes with non-positive area are NaN (0/0) or outside [0, 1]: make them
     # well defined; valid boxes skip this pass and keep their values bit for bit
     sanitise = _needs_sanitising(_area(gt)[valid]) or _needs_sanitising(_area(anchors))
     flat_gt, flat_valid = gt.reshape(-1, 4), valid.reshape(-1)  # [G * B, 4], [G * B], gt-major
-    col_val, col_arg, candidate = _scan(flat_gt, flat_valid, num_images, anchors, iou_threshold, sanitise)
+    rows = max(1, min(int(flat_valid.sum()), _block_rows(num_anchors, anchors.device) * _SCAN_ROWS_FACTOR))
+    blocks = _IouBlocks(anchors, rows, sanitise)
+    col_val, col_arg, hits = _scan(flat_gt, flat_valid, num_images, blocks, iou_threshold)
 
     # threshold phase: anchors whose best IoU reaches the threshold take that gt, the first among
-    # equal IoUs (the textbook's max over dim 1); only those anchors need the index
-    images, cand = torch.nonzero(candidate, as_tuple=True)  # [K], [K]
-    step = max(1, (1 << 18) // num_gt)  # [G, step] IoU temporaries of about 1 MiB each
-    for i in range(0, images.numel(), step):
-        img, anc = images[i : i + step], cand[i : i + step]
-        iou = _iou_pairs(gt[:, img], anchors[anc], sanitise)  # [G, k]
-        iou = torch.where(valid[:, img], iou, _TAKEN)
-        best, best_gt = iou.max(dim=0)
-        matches[img, anc] = torch.where(best >= iou_threshold, best_gt, -1)
+    # equal IoUs (the textbook's max over dim 1); with a threshold of 0 every anchor of an image with
+    # a ground truth qualifies, and those that overlap none take its first valid one (all IoUs 0)
+    if iou_threshold <= 0:
+        first_valid = torch.where(valid.any(0), valid.to(torch.uint8).argmax(0), -1)  # [B]
+        matches.copy_(first_valid[:, None].expand_as(matches))
+    reached = _best_gt_per_anchor(hits, matches)
 
-    rows = _IouRows(anchors, sanitise, max_rows=num_gt * num_images)
-    _greedy_claims(
-        gt, col_val.view(num_gt, num_images), col_arg.view(num_gt, num_images), valid.clone(), matches, rows
+    claimed = _greedy_claims(
+        gt, col_val.view(num_gt, num_images), col_arg.view(num_gt, num_images), valid.clone(), matches, blocks
     )
-    return matches
+    if iou_threshold <= 0:
+        return matches, torch.nonzero(matches.view(-1) >= 0).squeeze(1)
+    return matches, torch.unique(torch.cat((reached, claimed)))
 
 
 def _greedy_claims(
-    gt: Tensor, col_val: Tensor, col_arg: Tensor, alive: Tensor, matches: Tensor, rows: _IouRows
-) -> None:
+    gt: Tensor, col_val: Tensor, col_arg: Tensor, alive: Tensor, matches: Tensor, blocks: _IouBlocks
+) -> Tensor:
     """Let every ground truth claim one anchor, greedily by the largest remaining IoU, in place.
 
     Exactly the textbook's loop (``argmax`` over the whole ``[A, G]`` matrix, then that anchor and
@@ -235,49 +283,55 @@ def _greedy_claims(
     Instead of scanning the matrix at every step it keeps, per ground truth, the best remaining
     anchor, and recomputes the IoU row of a ground truth only when its best anchor is taken.
 
+    Each round orders the ground truths of every image as the textbook's argmax visits them and
+    lets the longest prefix claim at once whose anchors are distinct: a claim leaves the entries of
+    the others valid, except those that wanted the same anchor, and those look again with an IoU
+    no larger (at an equal IoU, a later anchor), so they cannot move ahead of the prefix. With
+    distinct best anchors one round does it; a round per conflict otherwise.
+
     Args:
         gt: ``Tensor[G, B, 4]`` ground-truth boxes.
         col_val: ``Tensor[G, B]`` best remaining IoU per ground truth (updated in place).
         col_arg: ``Tensor[G, B]`` int64 first anchor reaching it (updated in place).
         alive: ``Tensor[G, B]`` bool, ground truths still to claim an anchor (updated in place).
         matches: ``Tensor[B, A]`` int64 ground-truth index per anchor (updated in place).
-        rows: the IoU row generator for the anchors.
+        blocks: the IoU blocks of the anchors (rows against every anchor).
+
+    Returns:
+        ``Tensor[C]`` int64 flat positions ``b * A + a`` of the claimed anchors.
     """
-    num_gt, num_images = col_val.shape
+    num_gt = col_val.shape[0]
     num_anchors = matches.shape[1]
     device = matches.device
     taken = torch.zeros(matches.shape, dtype=torch.bool, device=device)  # [B, A]
     gt_index = torch.arange(num_gt, device=device)[:, None]  # [G, 1]
-    all_images = torch.arange(num_images, device=device)  # [B]
-    # row-major order of the textbook's [A, G] matrix: smallest anchor, then smallest gt
-    key = col_arg * num_gt + gt_index  # [G, B]
-    no_key = num_anchors * num_gt  # larger than every key
+    before = torch.ones((num_gt, num_gt), dtype=torch.bool, device=device).tril_(-1)[..., None]  # [i, j, 1]: j < i
     neg_inf = torch.tensor(float("-inf"), dtype=col_val.dtype, device=device)
-    for _ in range(min(num_gt, num_anchors)):
-        vals = torch.where(alive, col_val, neg_inf)  # [G, B]
-        best = vals.max(dim=0).values  # [B]
-        active = best >= 0  # [B] images with a claim left
-        num_active = int(active.sum())
-        if num_active == 0:
+    claimed = []
+    for _ in range(min(num_gt, num_anchors)):  # a round claims at least one anchor per image with claims left
+        vals = torch.where(alive, col_val, neg_inf)  # [G, B]; taken-out rows are -1 or -inf
+        by_key = (col_arg * num_gt + gt_index).argsort(dim=0)  # [G, B] row-major [A, G] order, keys distinct
+        order = by_key.gather(0, vals.gather(0, by_key).argsort(dim=0, descending=True, stable=True))  # [G, B]
+        anchor = col_arg.gather(0, order)  # [G, B] in visiting order
+        ready = vals.gather(0, order) >= 0  # [G, B] alive with an anchor left
+        repeat = ((anchor[:, None] == anchor[None]) & before).any(1)  # [G, B] anchor wanted by an earlier one
+        go = torch.cumsum(~ready | repeat, 0) == 0  # [G, B] the prefix that claims now
+        pos, images = torch.nonzero(go, as_tuple=True)  # [K], [K]
+        if images.numel() == 0:
             break
-        if num_active == num_images:
-            images, arg, step_key = all_images, col_arg, key
-        else:
-            images = torch.nonzero(active).squeeze(1)  # [K]
-            vals, best, arg, step_key = vals[:, images], best[images], col_arg[:, images], key[:, images]
-        claim = torch.where(vals == best, step_key, no_key).argmin(dim=0)  # [K] gt index
-        anchor = arg.gather(0, claim[None, :]).squeeze(0)  # [K]
+        claim, anchor = order[pos, images], anchor[pos, images]  # [K]
         matches[images, anchor] = claim
         alive[claim, images] = False
         taken[images, anchor] = True
+        claimed.append(images * num_anchors + anchor)
         # ground truths whose best remaining anchor was just taken look again
-        gts, cols = torch.nonzero(alive[:, images] & (arg == anchor), as_tuple=True)
-        for i in range(0, gts.numel(), rows.max_rows):
-            g, img = gts[i : i + rows.max_rows], images[cols[i : i + rows.max_rows]]
-            iou, padded = rows.block(gt[g, img])  # [s, A]
+        gts, cols = torch.nonzero(alive & taken.gather(1, col_arg.t()).t(), as_tuple=True)
+        for i in range(0, gts.numel(), blocks.rows):
+            g, img = gts[i : i + blocks.rows], cols[i : i + blocks.rows]
+            iou, padded = blocks(gt[g, img])  # [s, A]
             iou.masked_fill_(taken[img], _TAKEN)
             col_val[g, img], col_arg[g, img] = _first_max(padded)
-            key[g, img] = col_arg[g, img] * num_gt + g
+    return torch.cat(claimed) if claimed else torch.empty(0, dtype=torch.int64, device=device)
 
 
 def assign_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5) -> Tensor:
@@ -291,14 +345,18 @@ def assign_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5
     surplus iterations would re-assign anchor 0 to ground truth 0). Boxes must have positive area:
     IoUs that involve a box with zero or negative area are clamped to ``[0, 1]``, NaN counting as 0.
 
-    Cost: the ``[G, A]`` IoU matrix is never stored. One pass computes it a block at a time (about
-    2**20 entries: three 4 MiB buffers in float32), ground truths and anchors both sorted by x1 so
-    that each block only meets the window of anchors that can overlap it in x (the others have IoU
-    exactly 0), keeping each ground truth's best anchor and the anchors that reach the threshold.
-    Memory besides is O(A + G): under 20 MB for 400,000 x 500, where one float32 matrix is 800 MB.
-    Time: O(G * W) for that pass (W the window, at most A); the threshold phase recomputes the IoUs
-    of only the anchors that reach the threshold; then at most ``min(G, A)`` greedy steps of O(G),
-    each recomputing one IoU row (O(A)) per ground truth whose best anchor was just taken (rare).
+    Cost: the ``[G, A]`` IoU matrix is never stored. One pass computes it a block of ground truths
+    at a time (about 2**19 IoUs per block on CPU), the ground truths grouped into compact blocks
+    (sorted by x1 into strips, each strip by y1) so that a block only meets the anchors that overlap
+    its extent (the others have IoU exactly 0). The pass keeps each ground truth's best anchor and
+    the pairs that reach the threshold; each anchor's best ground truth follows from those pairs
+    alone. Memory besides is O(A + G + H) (H those pairs): three ``[rows, A]`` scratch buffers, a
+    ``[5, A]`` table of the anchors, a window of it, a near-mask of about 2**18 values and the
+    ``[B, A]`` matches -- about 35 MB for 400,000 x 500 in float32 (resident-set growth measured on
+    a first call: 29-50 MB, depending on the allocator), where one float32 matrix is 800 MB.
+    Time: O(G * W) for that pass (W the anchors a block meets, at most A); then greedy rounds of
+    O(G^2 * B) each -- one round when the ground truths' best anchors are distinct, a round more per
+    conflict -- recomputing one IoU row (O(A)) per ground truth whose best anchor was taken.
 
     Args:
         gt_boxes: ``Tensor[G, 4]`` ground-truth boxes ``(x1, y1, x2, y2)``.
@@ -316,7 +374,7 @@ def assign_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5
     dtype = torch.promote_types(torch.promote_types(gt_boxes.dtype, anchors.dtype), torch.float32)
     with torch.no_grad():
         valid = torch.ones((gt_boxes.shape[0], 1), dtype=torch.bool, device=gt_boxes.device)
-        return _assign_batched(gt_boxes.to(dtype)[:, None, :], valid, anchors.to(dtype), iou_threshold)[0]
+        return _assign_batched(gt_boxes.to(dtype)[:, None, :], valid, anchors.to(dtype), iou_threshold)[0][0]
 
 
 class Matcher:
@@ -392,7 +450,9 @@ def multibox_target(anchors: Tensor, labels: Tensor, iou_threshold: float = 0.5)
     without its ``1e-6`` inside the log (a difference below ``5e-6 * wa / w``).
 
     Cost: as :func:`assign_anchors` for all images at once (the IoU matrix is never stored; the
-    greedy phase runs at most ``G`` steps for the whole batch), plus the ``[B, A * 4]`` outputs.
+    greedy phase runs at most ``G`` rounds for the whole batch), plus the ``[B, A * 4]`` outputs,
+    of which only the ``K`` assigned anchors are computed. ``offsets`` and ``mask`` are two views of
+    one ``[2, B * A, 4]`` allocation (one block of fresh memory instead of two).
 
     Args:
         anchors: ``Tensor[A, 4]`` or ``Tensor[1, A, 4]`` anchors ``(x1, y1, x2, y2)``, normalised or
@@ -423,14 +483,15 @@ def multibox_target(anchors: Tensor, labels: Tensor, iou_threshold: float = 0.5)
     with torch.no_grad():
         gt_boxes = labels.transpose(0, 1)[..., 1:]  # [G, B, 4]
         valid = labels[..., 0].t() >= 0  # [G, B]
-        matches = _assign_batched(gt_boxes, valid, anchors, iou_threshold)  # [B, A]
+        matches, assigned = _assign_batched(gt_boxes, valid, anchors, iou_threshold)  # [B, A], [K]
 
-        assigned = matches >= 0  # [B, A]
-        class_labels = torch.zeros((num_images, num_anchors), dtype=torch.int64, device=anchors.device)
-        offsets = anchors.new_zeros((num_images, num_anchors, 4))
-        images, anchor_idx = torch.nonzero(assigned, as_tuple=True)  # [K], [K]: only these get targets
-        gt_idx = matches[images, anchor_idx]  # [K]
-        class_labels[images, anchor_idx] = labels[images, gt_idx, 0].long() + 1
-        offsets[images, anchor_idx] = BoxCoder().encode(anchors[anchor_idx], labels[images, gt_idx, 1:])
-        mask = assigned[..., None].expand(-1, -1, 4).to(dtype)  # [B, A, 4]
-    return offsets.reshape(num_images, -1), mask.reshape(num_images, -1), class_labels
+        # only the K assigned anchors get targets; rows of the outputs are flat (image, anchor) positions
+        images, anchor_idx = assigned // num_anchors, assigned % num_anchors  # [K], [K]
+        gt_idx = matches.view(-1)[assigned]  # [K]
+        class_labels = torch.zeros(num_images * num_anchors, dtype=torch.int64, device=anchors.device)
+        class_labels[assigned] = labels[images, gt_idx, 0].long() + 1
+        # offsets and mask share one allocation: fewer fresh pages for the allocator to fault in
+        offsets, mask = anchors.new_zeros((2, num_images * num_anchors, 4)).unbind(0)  # [B * A, 4] each
+        offsets[assigned] = BoxCoder().encode(anchors[anchor_idx], labels[images, gt_idx, 1:])
+        mask[assigned] = 1.0
+    return offsets.view(num_images, -1), mask.view(num_images, -1), class_labels.view(num_images, num_anchors)

@@ -1,14 +1,17 @@
-"""Non-maximum suppression: greedy ``nms`` and ``batched_nms`` identical to torchvision's, and ``soft_nms``.
+"""Non-maximum suppression: greedy ``nms`` and ``batched_nms`` with torchvision's results, and ``soft_nms``.
 
-Vectorised block by block with PyTorch ops only, so the same code runs on CPU and CUDA; no Python loop over boxes.
+On CPU torchvision's compiled kernel decides blocks of boxes and vectorised passes drop what they suppress; on
+CUDA a block engine of PyTorch ops does it all. No Python loop over boxes anywhere.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
 import torch
+import torchvision  # noqa: F401  (registers torch.ops.torchvision.nms, the compiled CPU kernel)
 from torch import Tensor
 
 from detkit.ops._checks import check_boxes, check_length, check_number, check_same_device, check_tensor
@@ -26,6 +29,19 @@ _BLOCKS_CUDA = (512, 2048)
 _CHUNK_ELEMS_CPU = 1 << 17
 _CHUNK_ELEMS_CUDA = 1 << 26
 _FLT_MAX = 3.4028234663852886e38
+# On CPU, torchvision's compiled kernel decides boxes in score order (a scalar loop: fast while few
+# pairs need an IoU) and between its calls one vectorised pass drops every box that a kept box
+# suppresses (_greedy_keep_cpu). At most _KERNEL_MAX_CPU undecided boxes go to the kernel whole;
+# more give it their _KERNEL_BLOCK_CPU best first. Measured with `tools/bench.py ops` (nms_crossover
+# rows: one thread, CPU time, interleaved, two runs at load average 17 on 2 cores; docs/benchmarks.md):
+# one round then the kernel, against the kernel alone, random / crowded / clustered boxes:
+# N=512 0.92-0.97 / 0.88-0.97 / 1.26-1.27, N=640 0.96-1.00 / 0.75-0.78 / 1.02-1.05,
+# N=768 0.97-0.99 / 0.73-0.84 / 0.94-0.99, N=1,024 0.93-0.97 / 0.67-0.74 / 0.80-0.89: clustered
+# inputs break even near 768. A sweep of this limit (load 13.6) put nms at N=1,000 at 0.86 / 0.73 /
+# 0.89 x torchvision with 512, 0.77 / 0.64 / 0.78 with 640, 0.81 / 0.65 / 0.73 with 768 and
+# 0.90 / 0.66 / 0.75 with 896; blocks of 64-256 for the kernel's round were within noise of 128.
+_KERNEL_BLOCK_CPU = 128
+_KERNEL_MAX_CPU = 768
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,6 +57,9 @@ def _check_inputs(boxes: object, scores: object) -> tuple[Tensor, Tensor]:
     check_same_device(boxes=boxes, scores=scores)
     if scores.dtype == torch.bool or scores.is_complex():
         raise TypeError(f"scores must be a real floating or integer tensor, got {scores.dtype}")
+    # NMS returns indices: no gradient flows through it, so inputs that require grad are fine
+    if boxes.requires_grad or scores.requires_grad:
+        boxes, scores = boxes.detach(), scores.detach()
     # half precision areas overflow and lose the IoU; compute in float32 like torchvision's kernel
     if boxes.dtype in (torch.float16, torch.bfloat16):
         boxes = boxes.float()
@@ -55,6 +74,13 @@ def _raise_nan_scores(scores: Tensor) -> None:
     )
 
 
+def _check_no_nan(scores: Tensor) -> None:
+    """``ValueError`` if some score is NaN."""
+    # max propagates NaN: one reduction and one sync
+    if scores.is_floating_point() and scores.numel() and math.isnan(scores.max().item()):
+        _raise_nan_scores(scores)
+
+
 def _sort_scores(scores: Tensor) -> Tensor:
     """Indices of ``scores`` by decreasing value, stable; ``ValueError`` if any score is NaN."""
     values, order = scores.sort(stable=True, descending=True)
@@ -64,6 +90,7 @@ def _sort_scores(scores: Tensor) -> Tensor:
     return order
 
 
+@functools.lru_cache(maxsize=64)  # a pure function of the threshold, which rarely changes between calls
 def _float32_floor(value: float) -> float:
     """The largest float32 that is ``<= value`` (a Python float holding that float32 exactly).
 
@@ -92,8 +119,14 @@ def _threshold_for(dtype: torch.dtype, iou_threshold: float) -> float:
 # --------------------------------------------------------------------------------------------
 # the block engine
 # --------------------------------------------------------------------------------------------
-def _coords(boxes: Tensor, order: Tensor) -> Tensor:
-    """``Tensor[5, N]`` rows ``(x1, y1, x2, y2, area)`` of ``boxes[order]``; area as torchvision's kernel."""
+def _coords(boxes: Tensor, order: Tensor | None = None) -> Tensor:
+    """``Tensor[5, N]`` rows ``(x1, y1, x2, y2, area)`` of ``boxes[order]`` (of ``boxes`` without ``order``).
+
+    The area is computed as torchvision's kernel does.
+    """
+    if order is None:
+        cols = boxes.t()  # [4, N], a view
+        return torch.cat((cols, ((cols[2] - cols[0]) * (cols[3] - cols[1]))[None]))
     out = boxes.new_empty((5, order.shape[0]))
     torch.index_select(boxes.t(), 1, order, out=out[:4])  # [4, N]
     wh = out[2:4] - out[0:2]  # [2, N]
@@ -234,6 +267,58 @@ def _greedy_keep(coords: Tensor, threshold: float) -> Tensor:
     return torch.cat(kept)
 
 
+def _kernel_keep(table: Tensor, threshold: float) -> Tensor:
+    """torchvision's compiled CPU kernel on ``table`` (``Tensor[6, R]`` rows ``x1, y1, x2, y2, area, score``).
+
+    Returns ``Tensor[K]`` positions of the kept boxes by decreasing score, ties by lower position
+    (the kernel sorts stably). Its arithmetic and comparison (float IoU against the double
+    threshold) are those of :func:`_suppression`, so both decide every pair alike (an IoU that
+    involves a NaN coordinate is NaN in both, through the area, and never suppresses).
+    """
+    return torch.ops.torchvision.nms(table[:4].t(), table[5], threshold)  # the kernel reads columns
+
+
+def _greedy_keep_cpu(boxes: Tensor, scores: Tensor, threshold: float, kernel_max: int | None = None) -> Tensor:
+    """Indices of the boxes that greedy NMS keeps, by decreasing score (ties: lower index), on CPU.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` ``(x1, y1, x2, y2)``, float32 or float64.
+        scores: ``Tensor[N]`` scores (no NaN) in the dtype of ``boxes``.
+        threshold: compare value for ``IoU > threshold`` in the dtype of ``boxes``.
+        kernel_max: ``_KERNEL_MAX_CPU`` unless given (the crossover benchmark sets it).
+
+    At most ``kernel_max`` boxes go to torchvision's kernel whole. Otherwise each round hands
+    the best undecided boxes (the ``_KERNEL_BLOCK_CPU`` highest scores and every box tied with the
+    last of them: a prefix of the score order) to the kernel, which decides them exactly; one
+    vectorised pass then drops every other undecided box that one of the kept boxes suppresses. A
+    box so dropped would be suppressed by the full greedy pass too, and suppressed boxes suppress
+    nothing, so the decisions left are unchanged. Once at most ``kernel_max`` boxes are undecided,
+    the kernel decides them all. No global sort.
+    """
+    kernel_max = _KERNEL_MAX_CPU if kernel_max is None else kernel_max
+    if boxes.shape[0] <= kernel_max:
+        return torch.ops.torchvision.nms(boxes, scores, threshold)
+    table = torch.cat((_coords(boxes), scores[None]))  # [6, R] the undecided boxes and scores, in input order
+    ids = None  # their input indices; None while they are all the boxes
+    kept = []
+    while table.shape[1] > kernel_max:
+        block = min(_KERNEL_BLOCK_CPU, table.shape[1])
+        best = table[5] >= table[5].topk(block, sorted=False).values.min()  # [R] a prefix of the order
+        head = best.nonzero().squeeze(1)  # [n] ascending, so the kernel's stable sort breaks ties by index
+        head_table = table.index_select(1, head)  # [6, n]
+        on = _kernel_keep(head_table, threshold)  # [k] positions in head
+        kept.append(head.index_select(0, on) if ids is None else ids.index_select(0, head.index_select(0, on)))
+        rest = (~best).nonzero().squeeze(1)  # [R - n] the other undecided boxes, ascending
+        table = table.index_select(1, rest)  # [6, R - n]
+        hit = _any_suppressed(head_table[:5].index_select(1, on), table[:5], threshold)  # [R - n]
+        alive = (hit == 0).nonzero().squeeze(1)  # positions in rest
+        table, rest = table.index_select(1, alive), rest.index_select(0, alive)
+        ids = rest if ids is None else ids.index_select(0, rest)
+    on = _kernel_keep(table, threshold)
+    kept.append(on if ids is None else ids.index_select(0, on))
+    return torch.cat(kept)
+
+
 def _pad_groups(coords: Tensor, starts: Tensor, sizes: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """Gather groups of consecutive boxes into padded rows.
 
@@ -337,30 +422,51 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         ``Tensor[K]`` int64 indices of the kept boxes, in decreasing order of score; ``[0]`` if
         ``N == 0``.
 
-    How: boxes are decided in score order, a block of up to 256 undecided boxes at a time. The
-    block's own suppression matrix is resolved exactly by a fixed-point iteration (bounded by the
-    longest suppression chain inside the block), then the block's kept boxes remove every later box
-    they overlap above the threshold. Work is ``O(N * K)`` IoUs at worst (``K`` kept), usually far
-    less; pairwise scratch is tiled to about ``2**17`` elements on CPU. On CUDA the same code runs
-    with a few host syncs per block (sizes after compaction), none per box.
+    Inputs that require grad are fine: only indices come back, and no gradient flows.
+
+    How: boxes are decided in score order, a block at a time, and the kept boxes of a block remove
+    every later box they overlap above the threshold before the next block. On CPU (floating scores
+    whose cast to the boxes' dtype is exact) torchvision's compiled kernel decides each block of the
+    128 best undecided boxes, and decides the rest outright once at most 768 are left (so inputs of
+    up to 768 boxes are the kernel alone: below that the kernel is faster, see docs/benchmarks.md);
+    no global sort is needed. Elsewhere (CUDA, integer or wider scores) a block engine of PyTorch
+    ops sorts once and resolves each block's own suppression matrix exactly by a fixed-point
+    iteration (bounded by the longest suppression chain inside the block), with a few host syncs per
+    block, none per box. Work is ``O(N * K)`` IoUs at worst (``K`` kept), usually far less;
+    pairwise scratch is tiled to about ``2**17`` elements on CPU.
     """
     boxes, scores = _check_inputs(boxes, scores)
-    threshold = check_number("iou_threshold", iou_threshold)
+    threshold = _threshold_for(boxes.dtype, check_number("iou_threshold", iou_threshold))
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    if _kernel_serves(boxes, scores):
+        _check_no_nan(scores)
+        return _greedy_keep_cpu(boxes, scores if scores.dtype == boxes.dtype else scores.to(boxes.dtype), threshold)
     order = _sort_scores(scores)
-    keep = _greedy_keep(_coords(boxes, order), _threshold_for(boxes.dtype, threshold))
-    return order[keep]
+    return order[_greedy_keep(_coords(boxes, order), threshold)]
+
+
+def _kernel_serves(boxes: Tensor, scores: Tensor) -> bool:
+    """Whether :func:`_greedy_keep_cpu` applies: CPU tensors, and scores whose cast to the boxes' dtype is exact."""
+    return (
+        boxes.device.type == "cpu"
+        and scores.is_floating_point()
+        and torch.promote_types(scores.dtype, boxes.dtype) == boxes.dtype
+    )
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Class-aware NMS: :func:`nms` applied to each category independently, in one call.
 
-    The result equals ``torchvision.ops.batched_nms``: per category, greedy NMS on the original
-    coordinates, then all kept boxes in decreasing order of score, ties by lower index. (torchvision
-    offsets boxes per category for small inputs, which can round an IoU across the threshold on
-    large coordinates, and loops over categories with an unstable sort for large ones, which orders
-    tied scores arbitrarily; detkit gives the kept set of the per-category loop in a stable order.)
+    The kept set is that of greedy NMS run per category on the original coordinates (torchvision's
+    per-category path, ``_batched_nms_vanilla``), returned in decreasing order of score with ties
+    by lower index. Where this differs from ``torchvision.ops.batched_nms``: its per-category path
+    (CPU inputs of more than 1,000 boxes, CUDA more than 25,000) orders the kept boxes with an
+    *unstable* sort, so boxes with tied scores may come in another order (the same set); its
+    smaller inputs go through one NMS on boxes offset per category, which keeps the same boxes in
+    the same order unless the offset rounds an IoU across the threshold (large coordinates).
+    Without tied scores among the kept boxes, and with exact offsets, the result is torchvision's
+    index for index.
 
     Work grows with the boxes of each category, not with the number of categories: categories are
     padded into rows (those of similar size together) and resolved side by side as in :func:`nms`,
@@ -374,8 +480,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         iou_threshold: discards boxes with ``IoU > iou_threshold`` within a category.
 
     Returns:
-        ``Tensor[K]`` int64 indices of the kept boxes, in decreasing order of score.
+        ``Tensor[K]`` int64 indices of the kept boxes, in decreasing order of score. Without boxes
+        (``boxes.numel() == 0``, whatever its shape) the result is empty and the other arguments
+        are not looked at, as in torchvision (``batched_nms(torch.empty(0), None, None, None)``).
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     boxes, scores = _check_inputs(boxes, scores)
     idxs = check_tensor("idxs", idxs)
     if idxs.dim() != 1:
@@ -385,8 +495,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
         raise TypeError(f"idxs must be an integer tensor of categories, got {idxs.dtype}; use idxs.long()")
     threshold = check_number("iou_threshold", iou_threshold)
-    if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = _sort_scores(scores)  # [N] boxes by decreasing score
     by_class = idxs[order].sort(stable=True)[1]  # [N] score ranks, grouped by category
     perm = order[by_class]  # boxes by category, then by decreasing score
@@ -434,10 +542,10 @@ def soft_nms(
     Returns:
         ``(keep, new_scores)``: ``Tensor[K]`` int64 indices in selection order (non-increasing new
         score) and ``Tensor[K]`` their decayed scores (dtype of ``scores``; float32 for integer scores).
+        Inputs may require grad; no gradient flows (``new_scores`` is detached).
     """
     boxes, scores = _check_inputs(boxes, scores)
-    if scores.is_floating_point() and bool(scores.isnan().any()):
-        _raise_nan_scores(scores)
+    _check_no_nan(scores)
     if method not in ("gaussian", "linear"):
         raise ValueError(f"method must be 'gaussian' or 'linear', got {method!r}")
     sigma = check_number("sigma", sigma)

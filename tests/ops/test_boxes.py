@@ -283,10 +283,12 @@ def test_remove_small_boxes_drops_nan_boxes():
 @pytest.mark.parametrize("name", list(PAIRWISE))
 def test_pairwise_iou_rejects_wrong_shapes_naming_the_argument(name):
     fn = PAIRWISE[name][0]
-    with pytest.raises(ValueError, match=r"boxes1 must have shape \[N, 4\], got \[3, 5\]"):
+    with pytest.raises(ValueError, match=r"boxes1 must have shape \[N, 4\] or \[\.\.\., N, 4\], got \[3, 5\]"):
         fn(torch.zeros(3, 5), torch.zeros(2, 4))
-    with pytest.raises(ValueError, match=r"boxes2 .*\[2, 3, 4\]"):
-        fn(torch.zeros(3, 4), torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match=r"boxes2 must have shape .*got \[4\]"):
+        fn(torch.zeros(3, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"leading dims of boxes1 \[2, 3, 4\] and boxes2 \[5, 2, 4\] do not broadcast"):
+        fn(torch.zeros(2, 3, 4), torch.zeros(5, 2, 4))
     with pytest.raises(TypeError, match="boxes1 must be a torch.Tensor"):
         fn([[0, 0, 1, 1]], torch.zeros(2, 4))
 

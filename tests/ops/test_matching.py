@@ -82,6 +82,31 @@ def test_assign_anchors_equals_the_textbook_on_random_cases(quantum, make_boxes)
         torch.testing.assert_close(assign_anchors(gt, anchors, threshold), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("quantum", [None, 0.125])
+def test_assign_anchors_with_a_zero_threshold_equals_the_textbook(quantum, make_boxes):
+    # every anchor takes its best ground truth; those overlapping none take the first (all IoUs 0)
+    g = torch.Generator().manual_seed(12)
+    for _ in range(10):
+        gt = make_boxes(int(torch.randint(1, 8, (1,), generator=g)), g, extent=1.0, max_side=0.3, quantum=quantum)
+        anchors = make_boxes(60, g, extent=1.0, max_side=0.2, quantum=quantum)
+        torch.testing.assert_close(assign_anchors(gt, anchors, 0.0), textbook_assign(gt, anchors, 0.0), rtol=0, atol=0)
+
+
+def test_multibox_target_with_a_zero_threshold_and_padding(make_boxes):
+    g = torch.Generator().manual_seed(13)
+    anchors = make_boxes(80, g, extent=1.0, max_side=0.2)
+    labels = _labels(3, 4, g, make_boxes)
+    labels[0, 0] = -1.0  # padding first: the first valid ground truth is gt 1
+    labels[2] = -1.0  # an image without ground truth keeps every anchor background
+    _, mask, classes = multibox_target(anchors, labels, iou_threshold=0.0)
+    for b in range(2):
+        real = labels[b][labels[b, :, 0] >= 0]
+        expected = textbook_assign(real[:, 1:], anchors, 0.0)
+        assert bool(mask[b].all())
+        assert torch.equal(classes[b], real[expected, 0].long() + 1)
+    assert not bool(mask[2].any()) and not bool(classes[2].any())
+
+
 def test_assign_anchors_breaks_ties_like_the_textbook():
     # gt 0 and gt 1 are the same box; anchors 1 and 3 are the same box: every first-index rule matters
     gt = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0]])

@@ -1,6 +1,7 @@
 """Tests for detkit.ops.nms: nms and batched_nms against torchvision index for index, soft_nms against a reference.
 
-Oracle tests on thousands of seeded random cases, hypothesis properties, dtypes, devices and bad input.
+Oracle tests on thousands of seeded random cases through every NMS path (torchvision's kernel alone, kernel and
+vectorised rounds, the block engine), at the crossover sizes, hypothesis properties, dtypes, devices and bad input.
 """
 
 from __future__ import annotations
@@ -22,6 +23,19 @@ from detkit.ops.nms import batched_nms, nms, soft_nms
 nms_module = sys.modules["detkit.ops.nms"]
 
 THRESHOLDS = [0.0, 0.3, 0.5, 0.7, 0.9, 1.0]
+# the ways nms can decide the boxes on CPU (see nms_module._greedy_keep_cpu and _greedy_keep)
+NMS_PATHS = ["default", "rounds", "engine"]
+
+
+@pytest.fixture(params=NMS_PATHS)
+def nms_path(request, monkeypatch) -> str:
+    """Run the test through one NMS path: as shipped, kernel and rounds on tiny blocks, or the block engine."""
+    if request.param == "rounds":  # several vectorised rounds even on small inputs
+        monkeypatch.setattr(nms_module, "_KERNEL_MAX_CPU", 6)
+        monkeypatch.setattr(nms_module, "_KERNEL_BLOCK_CPU", 3)
+    elif request.param == "engine":  # the block engine that CUDA runs, here on CPU
+        monkeypatch.setattr(nms_module, "_kernel_serves", lambda boxes, scores: False)
+    return request.param
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +78,7 @@ def _sorted_like_torchvision(keep: torch.Tensor, scores: torch.Tensor) -> torch.
 # --------------------------------------------------------------------------------------------
 # nms against torchvision
 # --------------------------------------------------------------------------------------------
-def test_nms_matches_torchvision_on_thousands_of_random_cases(make_boxes, make_awkward_boxes):
+def test_nms_matches_torchvision_on_thousands_of_random_cases(nms_path, make_boxes, make_awkward_boxes):
     g = torch.Generator().manual_seed(0)
     for i in range(1200):
         n = int(torch.randint(0, 64, (1,), generator=g))
@@ -73,11 +87,12 @@ def test_nms_matches_torchvision_on_thousands_of_random_cases(make_boxes, make_a
         expected = torchvision.ops.nms(boxes, scores, threshold)
         actual = nms(boxes, scores, threshold)
         assert actual.dtype == torch.int64
-        assert torch.equal(actual, expected), f"case {i}: n={n}, threshold={threshold}"
+        assert torch.equal(actual, expected), f"{nms_path} case {i}: n={n}, threshold={threshold}"
 
 
+@pytest.mark.parametrize("nms_path", ["default", "engine"], indirect=True)  # rounds: shipped constants
 @pytest.mark.parametrize("kind", range(5))
-def test_nms_matches_torchvision_on_large_inputs(kind, make_boxes, make_awkward_boxes):
+def test_nms_matches_torchvision_on_large_inputs(kind, nms_path, make_boxes, make_awkward_boxes):
     g = torch.Generator().manual_seed(100 + kind)
     boxes, scores = _case(kind, 2000, g, make_boxes, make_awkward_boxes)
     for threshold in (0.3, 0.7):
@@ -88,11 +103,65 @@ def test_nms_is_exact_for_every_block_size(monkeypatch, make_boxes):
     g = torch.Generator().manual_seed(1)
     boxes, scores = _clustered(700, g).float(), torch.rand(700, generator=g)
     expected = torchvision.ops.nms(boxes, scores, 0.5)
+    for block, kernel_max, chunk in [(1, 1, 1), (2, 5, 50), (64, 100, 1000), (128, 512, 1 << 17), (700, 700, 1 << 20)]:
+        monkeypatch.setattr(nms_module, "_KERNEL_BLOCK_CPU", block)
+        monkeypatch.setattr(nms_module, "_KERNEL_MAX_CPU", kernel_max)
+        monkeypatch.setattr(nms_module, "_CHUNK_ELEMS_CPU", chunk)
+        assert torch.equal(nms(boxes, scores, 0.5), expected), ("rounds", block, kernel_max, chunk)
+    monkeypatch.setattr(nms_module, "_kernel_serves", lambda boxes, scores: False)  # the block engine
     for first, largest, chunk in [(1, 1, 1), (3, 7, 50), (16, 64, 1000), (1024, 1024, 1 << 20)]:
         monkeypatch.setattr(nms_module, "_FIRST_BLOCK", first)
         monkeypatch.setattr(nms_module, "_MAX_BLOCK", largest)
         monkeypatch.setattr(nms_module, "_CHUNK_ELEMS_CPU", chunk)
-        assert torch.equal(nms(boxes, scores, 0.5), expected), (first, largest, chunk)
+        assert torch.equal(nms(boxes, scores, 0.5), expected), ("engine", first, largest, chunk)
+
+
+def _crossover_boxes(kind: str, n: int, g: torch.Generator, make_boxes) -> torch.Tensor:
+    """float32 boxes like the benchmark's distributions: random (little overlap), crowded, clustered."""
+    if kind == "random":
+        return make_boxes(n, g, extent=1000.0, max_side=0.1).float()
+    if kind == "crowded":
+        return make_boxes(n, g, extent=100.0, max_side=0.5).float()
+    return _clustered(n, g, objects=50, extent=1000.0).float()
+
+
+@pytest.mark.parametrize("kind", ["random", "crowded", "clustered"])
+def test_nms_matches_torchvision_around_the_crossover(kind, make_boxes):
+    # the shipped constants: the kernel alone up to _KERNEL_MAX_CPU boxes, one or more rounds above
+    crossover = nms_module._KERNEL_MAX_CPU
+    g = torch.Generator().manual_seed(12)
+    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1):
+        boxes = _crossover_boxes(kind, n, g, make_boxes)
+        for scores in (torch.rand(n, generator=g), (torch.rand(n, generator=g) * 8).round()):  # ties too
+            for threshold in (0.3, 0.7):
+                expected = torchvision.ops.nms(boxes, scores, threshold)
+                assert torch.equal(nms(boxes, scores, threshold), expected), (kind, n, threshold)
+
+
+def test_nms_rounds_with_ties_across_the_block_boundary(monkeypatch, make_boxes):
+    # the block is the best boxes plus every box tied with the last of them: a prefix of the order
+    monkeypatch.setattr(nms_module, "_KERNEL_MAX_CPU", 20)
+    monkeypatch.setattr(nms_module, "_KERNEL_BLOCK_CPU", 10)
+    g = torch.Generator().manual_seed(13)
+    boxes = make_boxes(300, g, extent=30.0, max_side=0.3)
+    for scores in (torch.ones(300), (torch.rand(300, generator=g) * 3).round(), torch.rand(300, generator=g)):
+        for threshold in (0.0, 0.2, 0.5):
+            expected = torchvision.ops.nms(boxes, scores, threshold)
+            assert torch.equal(nms(boxes, scores, threshold), expected)
+
+
+def test_nms_scores_of_another_dtype_take_the_engine_and_stay_exact(make_boxes):
+    g = torch.Generator().manual_seed(14)
+    boxes = _clustered(900, g, objects=30).float()
+    scores64 = torch.rand(900, generator=g, dtype=torch.float64)
+    # float64 scores with float32 boxes: the order of the float64 scores, IoUs in float32
+    order = scores64.sort(descending=True, stable=True)[1]
+    ranks = torch.arange(900, 0, -1, dtype=torch.float32)  # torchvision's kernel in that order
+    assert torch.equal(nms(boxes, scores64, 0.5), order[torchvision.ops.nms(boxes[order], ranks, 0.5)])
+    ints = torch.randint(0, 5, (900,), generator=g)
+    assert torch.equal(nms(boxes, ints, 0.5), torchvision.ops.nms(boxes, ints.float(), 0.5))
+    halves = scores64.half()  # float16 scores cast to float32 exactly: the kernel path
+    assert torch.equal(nms(boxes, halves, 0.5), torchvision.ops.nms(boxes, halves.float(), 0.5))
 
 
 def test_nms_long_suppression_chain_is_resolved_exactly():
@@ -180,6 +249,18 @@ def test_nms_boxes_with_nan_coordinates_behave_like_torchvision():
     assert keep.tolist() == [1, 3, 0]  # NaN boxes neither suppress nor are suppressed
 
 
+def test_nms_batched_nms_and_soft_nms_accept_inputs_that_require_grad(nms_path):
+    g = torch.Generator().manual_seed(15)
+    boxes, scores = _clustered(300, g).float(), torch.rand(300, generator=g)
+    idxs = torch.randint(0, 3, (300,), generator=g)
+    leaf_boxes, leaf_scores = boxes.clone().requires_grad_(), scores.clone().requires_grad_()
+    assert torch.equal(nms(leaf_boxes, leaf_scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+    assert torch.equal(batched_nms(leaf_boxes * 1, leaf_scores * 1, idxs, 0.5), batched_nms(boxes, scores, idxs, 0.5))
+    keep, new_scores = soft_nms(leaf_boxes, leaf_scores)
+    ref_keep, ref_scores = soft_nms(boxes, scores)
+    assert torch.equal(keep, ref_keep) and torch.equal(new_scores, ref_scores) and not new_scores.requires_grad
+
+
 def test_nms_nan_scores_raise_value_error():
     boxes = torch.tensor([[0, 0, 1, 1], [2, 2, 3, 3]], dtype=torch.float32)
     with pytest.raises(ValueError, match=r"scores contains 1 NaN.*index 1"):
@@ -257,6 +338,28 @@ def test_batched_nms_equals_per_class_nms_with_skewed_class_sizes(monkeypatch):
     monkeypatch.setattr(nms_module, "_MAX_BLOCK", 9)
     monkeypatch.setattr(nms_module, "_CHUNK_ELEMS_CPU", 30)
     assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), expected)
+
+
+def test_batched_nms_without_boxes_ignores_the_other_arguments_like_torchvision():
+    empty = torch.empty((0,), dtype=torch.int64)
+    for boxes in (torch.empty((0,)), torch.empty((0, 4)), torch.empty((0, 4), dtype=torch.float64)):
+        expected = torchvision.ops.batched_nms(boxes, None, None, None)
+        actual = batched_nms(boxes, None, None, None)
+        assert torch.equal(actual, expected) and torch.equal(actual, empty)
+    assert batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5).shape == (0,)
+
+
+def test_batched_nms_tie_order_is_stable_where_torchvision_may_not_be(make_boxes):
+    # disjoint boxes, all kept, scores tied in pairs: detkit orders ties by index; torchvision's
+    # per-category path (over 1,000 boxes on CPU) sorts them with an unstable sort: same set
+    n = 1200
+    x = torch.arange(n, dtype=torch.float32) * 20
+    boxes = torch.stack((x, torch.zeros(n), x + 10, torch.ones(n) * 10), 1)
+    scores = (torch.arange(n) // 2).float().flip(0)  # 2 boxes per score
+    idxs = torch.arange(n) % 7
+    actual = batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(actual, torch.arange(n))  # decreasing score, ties by lower index
+    assert torch.equal(actual.sort()[0], torchvision.ops.batched_nms(boxes, scores, idxs, 0.5).sort()[0])
 
 
 def test_batched_nms_never_suppresses_across_categories():
@@ -365,6 +468,29 @@ def test_soft_nms_known_values_and_dtypes():
 # --------------------------------------------------------------------------------------------
 # CUDA
 # --------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["random", "crowded", "clustered"])
+def test_nms_on_cuda_matches_torchvision_around_the_cpu_crossover(kind, make_boxes):
+    # CUDA runs the block engine at every size; the CPU crossover sizes are checked there too
+    crossover = nms_module._KERNEL_MAX_CPU
+    g = torch.Generator().manual_seed(16)
+    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1):
+        boxes = _crossover_boxes(kind, n, g, make_boxes)
+        scores = (torch.rand(n, generator=g) * 8).round()
+        keep = nms(boxes.cuda(), scores.cuda(), 0.5).cpu()
+        assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5)), (kind, n)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nms_inputs_that_require_grad_on_cuda(make_boxes):
+    g = torch.Generator().manual_seed(17)
+    boxes, scores = _clustered(500, g).float(), torch.rand(500, generator=g)
+    keep = nms(boxes.cuda().requires_grad_(), scores.cuda().requires_grad_(), 0.5)
+    assert torch.equal(keep.cpu(), torchvision.ops.nms(boxes, scores, 0.5))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_nms_and_batched_nms_on_cuda_equal_the_cpu_results(make_boxes):

@@ -194,6 +194,25 @@ def test_postprocess_detections_matches_torchvision_ssd():
     _assert_same_detections(actual, expected)
 
 
+def test_post_processing_works_with_grad_enabled_and_matches_no_grad():
+    # a detector's .eval()(images) outside torch.no_grad(): head outputs that require grad
+    g = torch.Generator().manual_seed(3)
+    logits, regression, anchors = _head_outputs(g, batch=2, num=300, classes=4)
+    head = torch.nn.Linear(4, 4)  # outputs of a module: part of an autograd graph
+    logits, regression = head(logits), head(regression)
+    assert logits.requires_grad and torch.is_grad_enabled()
+    with_grad = postprocess_detections(logits, regression, anchors, [(300, 300)] * 2, score_thresh=0.2)
+    with torch.no_grad():
+        without = postprocess_detections(logits, regression, anchors, [(300, 300)] * 2, score_thresh=0.2)
+    _assert_same_detections(with_grad, without)
+    assert with_grad[0]["scores"].requires_grad  # gathered from the head outputs, as torchvision's SSD
+    cls_probs = torch.rand(2, 3, 4, generator=g).softmax(1).requires_grad_()
+    offsets = (torch.randn(2, 16, generator=g) * 0.1).requires_grad_()
+    out = multibox_detection(cls_probs, offsets, TEXTBOOK_ANCHORS[None])
+    with torch.no_grad():
+        torch.testing.assert_close(out.detach(), multibox_detection(cls_probs, offsets, TEXTBOOK_ANCHORS[None]))
+
+
 def test_postprocess_detections_top_k_is_per_image_and_class():
     g = torch.Generator().manual_seed(6)
     logits, regression, anchors = _head_outputs(g, batch=2, num=50, classes=4)

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,8 @@ from benchmarks.ops_basic import cases as basic_cases
 from benchmarks.ops_basic import peak_bytes
 from detkit.ops.nms import batched_nms, nms, soft_nms
 from detkit.ops.postprocess import multibox_detection, postprocess_detections
+
+nms_module = sys.modules["detkit.ops.nms"]  # ``detkit.ops.nms`` the attribute is the function
 
 Case = dict
 IMPLS = ("detkit", "torchvision", "textbook loop")
@@ -136,6 +139,30 @@ def _nms_case(kind: str, n: int, device: torch.device, textbook: bool) -> Case:
     }
 
 
+def _crossover_case(kind: str, n: int) -> Case:
+    """Where detkit's CPU ``nms`` stops handing the whole input to torchvision's kernel.
+
+    ``detkit`` here is what ``nms`` runs just above the crossover (``_KERNEL_MAX_CPU = N - 1``): one
+    vectorised round (the kernel decides the 128 best boxes, a pass drops what their kept boxes
+    suppress), then the kernel on the rest; called without ``nms``'s input checks. ``torchvision`` is
+    the kernel alone, which is what ``nms`` runs at and below the crossover.
+    """
+    g = torch.Generator().manual_seed(n)
+    note, make = DISTRIBUTIONS[kind]
+    boxes, scores = make(n, g), torch.rand(n, generator=g)
+    threshold = nms_module._threshold_for(boxes.dtype, 0.5)
+    return {
+        "op": "nms_crossover",
+        "size": f"N={n:,} {kind}",
+        "impls": {
+            "detkit": lambda: nms_module._greedy_keep_cpu(boxes, scores, threshold, kernel_max=n - 1),
+            "torchvision": lambda: torchvision.ops.nms(boxes, scores, 0.5),
+            "textbook loop": None,
+        },
+        "setup_note": f"{note}; detkit = one vectorised round, then the kernel; torchvision = the kernel alone",
+    }
+
+
 def _batched_case(kind: str, n: int, classes: int, device: torch.device) -> Case:
     g = torch.Generator().manual_seed(n + classes)
     note, make = DISTRIBUTIONS[kind]
@@ -220,6 +247,7 @@ def nms_cases(quick: bool, device: torch.device) -> list[Case]:
         out.append(_postprocess_case(2, 2000, 21, device))
         return out
     out = [_nms_case(kind, n, device, True) for n in (1000, 5000) for kind in DISTRIBUTIONS]
+    out += [_crossover_case(kind, n) for n in (256, 384, 512, 640, 768, 1024) for kind in DISTRIBUTIONS]
     out += [_nms_case(kind, 20_000, device, False) for kind in ("random", "clustered")]
     out += [_batched_case(kind, n, 80, device) for n in (5000, 20_000) for kind in ("random", "clustered")]
     out.append(_soft_nms_case(1000, device))
@@ -245,17 +273,29 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float
     return time.perf_counter() - start, time.thread_time() - start_cpu
 
 
-def _medians(fn: Callable[[], object], repeat: int, device: torch.device, slow_after: float | None = None) -> tuple[float, float]:
-    """Median wall time and median CPU time of the calling thread over ``repeat`` calls, in ms.
+def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, device: torch.device,
+                         slow: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU time (ms) of each implementation, the calls interleaved round by round.
 
-    The first call warms caches, lazy initialisation and CUDA kernels and is not counted, unless it
-    takes longer than ``slow_after`` seconds: then it is the only measurement (slow reference loops).
+    Every round calls each implementation once, in an order that rotates from round to round, so
+    that a change of load on the machine hits all of them alike. A first call of each warms caches,
+    lazy initialisation and CUDA kernels and is not counted; an implementation named in ``slow``
+    (reference loops) whose first call takes longer than its limit in seconds is measured by that
+    call alone, and the others in ``slow`` run at most 3 rounds.
     """
-    first = _timed(fn, device)
-    if slow_after is not None and first[0] > slow_after:
-        return first[0] * 1e3, first[1] * 1e3
-    runs = [_timed(fn, device) for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs) * 1e3, statistics.median(r[1] for r in runs) * 1e3
+    first = {impl: _timed(fn, device) for impl, fn in fns.items()}
+    runs: dict[str, list[tuple[float, float]]] = {impl: [] for impl in fns}
+    for impl, limit in slow.items():
+        if impl in first and first[impl][0] > limit:
+            runs[impl].append(first[impl])
+    names = list(fns)
+    for i in range(repeat):
+        for impl in names[i % len(names):] + names[: i % len(names)]:
+            if impl in slow and (len(runs[impl]) >= 3 or first[impl][0] > slow[impl]):
+                continue
+            runs[impl].append(_timed(fns[impl], device))
+    return {impl: (statistics.median(r[0] for r in rs) * 1e3, statistics.median(r[1] for r in rs) * 1e3)
+            for impl, rs in runs.items()}
 
 
 def _measure(case: Case, repeat: int, quick: bool) -> list[dict]:
@@ -266,15 +306,9 @@ def _measure(case: Case, repeat: int, quick: bool) -> list[dict]:
     """
     device = torch.device(case.get("device", "cpu"))
     by_cpu = device.type == "cpu" and torch.get_num_threads() == 1
-    times = {}
-    for impl in IMPLS:
-        fn = case["impls"].get(impl)
-        if fn is None:
-            continue
-        if impl == "textbook loop":  # slow: a single run when it takes over 0.5 s (0.1 s with --quick)
-            times[impl] = _medians(fn, min(repeat, 3), device, slow_after=0.1 if quick else 0.5)
-        else:
-            times[impl] = _medians(fn, repeat, device)
+    fns = {impl: case["impls"][impl] for impl in IMPLS if case["impls"].get(impl) is not None}
+    # a textbook loop that takes over 0.5 s (0.1 s with --quick) runs once
+    times = _interleaved_medians(fns, repeat, device, {"textbook loop": 0.1 if quick else 0.5})
     cost = {impl: t[1] if by_cpu else t[0] for impl, t in times.items()}
     peaks = case.get("peak_bytes")
     if callable(peaks):  # a single callable measures detkit
