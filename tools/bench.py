@@ -5,6 +5,7 @@ Examples:
     python tools/bench.py ops --quick    # a smaller, faster pass
     python tools/bench.py train          # detkit trainer vs a hand-written loop; transform throughput
     python tools/bench.py detect         # detector latency vs torchvision detectors; training images/s
+    python tools/bench.py faults         # payloads, bad inputs and injected faults: what detkit refuses and survives
     python tools/bench.py quality        # accuracy / mAP50 on small real-image sets vs plain torchvision loops
     python tools/bench.py quality --quick --only digits
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train", "detect": "benchmarks.detect",
-          "quality": "benchmarks.quality"}
+          "quality": "benchmarks.quality", "faults": "benchmarks.faults"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

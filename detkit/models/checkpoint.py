@@ -18,7 +18,7 @@ from detkit.models.classifier import create_classifier
 from detkit.models.detector import build_detector
 from detkit.models.meta import ModelMeta
 from detkit.models.registry import is_detector
-from detkit.models.weights import CHECKPOINT_FORMAT
+from detkit.models.weights import CHECKPOINT_FORMAT, load_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -42,10 +42,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") from exc
+    ckpt = load_file(path, what="checkpoint")
+    if map_location != "cpu" and isinstance(ckpt, dict):
+        ckpt = _to_device(ckpt, torch.device(map_location))
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path} is not a detkit checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
                          "use it as a weights file (model.weights=PATH) instead")
@@ -53,6 +52,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"checkpoint {path} has version {ckpt['version']}, newer than this detkit "
                          f"(reads up to {CHECKPOINT_VERSION})")
     return ckpt
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:

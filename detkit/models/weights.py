@@ -51,7 +51,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    obj = _load_file(path)
+    obj = load_file(path)
     info: dict[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         info = {key: obj[key] for key in ("model_meta", "normalization", "classes") if key in obj}
@@ -212,20 +212,24 @@ def _numpy_globals() -> list[Any]:
 _NUMPY_GLOBALS = _numpy_globals()
 
 
-def _load_file(path: Path) -> Any:
-    """The object in a weights file, read as tensors and plain values only (never code).
+def load_file(path: str | os.PathLike, what: str = "weights file") -> Any:
+    """The object in a torch or safetensors file, read as tensors and plain values only (never code).
 
     torch files go through ``torch.load(weights_only=True)`` with numpy arrays and scalars allowed (checkpoints of
     other trainers often carry numpy RNG states); any other Python object is refused with a message saying how
-    to re-save a trusted file.
+    to re-save a trusted file. ``what`` names the file in messages (``weights file``, ``checkpoint``).
+
+    Raises:
+        ValueError: the file cannot be read, or holds objects beyond tensors.
     """
+    path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file as load_safetensors
 
         try:
-            return load_file(str(path), device="cpu")
+            return load_safetensors(str(path), device="cpu")
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"cannot read safetensors file {path}: {err}") from err
+            raise ValueError(f"{what} {path} cannot be read as safetensors: {err}") from err
     try:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -233,15 +237,15 @@ def _load_file(path: Path) -> Any:
         # "Unsupported global": the file holds Python objects beyond tensors; detkit never unpickles them.
         globals_named = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
         if not globals_named:
-            raise ValueError(f"cannot read weights file {path}: not a torch weights file ({_reason(err)})") from err
+            raise ValueError(f"{what} {path} cannot be read: not a torch file ({_reason(err)})") from err
         raise ValueError(
-            f"weights file {path} holds Python objects beyond tensors ({globals_named[0]}); detkit loads tensors "
+            f"{what} {path} holds Python objects beyond tensors ({globals_named[0]}); detkit loads tensors "
             f"only, since unpickling such a file can run code. If you trust the file, re-save its weights: "
             f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
             f"torch.save(c.get('state_dict', c), 'clean.pt')\" and pass --weights clean.pt"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read weights file {path}: {_reason(err)}") from err
+        raise ValueError(f"{what} {path} cannot be read: {_reason(err)}") from err
 
 
 def _reason(err: Exception) -> str:
