@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,15 +236,16 @@ def load_file(path: str | os.PathLike, what: str = "weights file") -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # "Unsupported global": the file holds Python objects beyond tensors; detkit never unpickles them.
-        globals_named = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
-        if not globals_named:
+        named = re.findall(r"GLOBAL ([\w.]+)", str(err))
+        if "Unsupported global" not in str(err):
             raise ValueError(f"{what} {path} cannot be read: not a torch file ({_reason(err)})") from err
-        raise ValueError(
-            f"{what} {path} holds Python objects beyond tensors ({globals_named[0]}); detkit loads tensors "
-            f"only, since unpickling such a file can run code. If you trust the file, re-save its weights: "
-            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-            f"torch.save(c.get('state_dict', c), 'clean.pt')\" and pass --weights clean.pt"
-        ) from err
+        advice = ("detkit's own checkpoints hold tensors and plain values only, so this one was changed or written by "
+                  "another program" if what == "checkpoint" else
+                  f"if you trust the file, re-save its weights: python -c \"import torch; "
+                  f"c = torch.load('{path}', weights_only=False); torch.save(c.get('state_dict', c), 'clean.pt')\" "
+                  f"and pass --weights clean.pt")
+        raise ValueError(f"{what} {path} holds Python objects beyond tensors ({named[0] if named else 'a global'}); "
+                         f"detkit loads tensors only, since unpickling such a file can run code; {advice}") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ValueError(f"{what} {path} cannot be read: {_reason(err)}") from err
 
