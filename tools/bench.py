@@ -5,6 +5,7 @@ Examples:
     python tools/bench.py ops --quick    # a smaller, faster pass
     python tools/bench.py train          # detkit trainer vs a hand-written loop; transform throughput
     python tools/bench.py detect         # detector latency vs torchvision detectors; training images/s
+    python tools/bench.py detect-train   # resnet18_ssd training steps vs torchvision's SSD; data pipeline share
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train", "detect": "benchmarks.detect"}
+SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train", "detect": "benchmarks.detect",
+          "detect-train": "benchmarks.detect_train"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
