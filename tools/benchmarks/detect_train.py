@@ -10,8 +10,8 @@ repeats and detkit's images/s over torchvision's (target >= 1.0).
 
 Data pipeline: detkit's real DataLoader path (``DetectionSplit`` + train augmentation + ``build_loader``) with
 ``data.cache: none`` and ``ram``, alternating: the data cost alone (iterating the loader in the main process), and
-training steps fed by the loader with ``--workers`` workers, where the share of the wall time spent waiting for
-the next batch is the pipeline's share of the step.
+training steps fed by the loader with each of ``--workers`` worker counts, where the share of the wall time spent
+waiting for the next batch is the pipeline's share of the step (with 0 workers: all of the data work).
 
     python tools/bench.py detect-train                      # 256 px (layer3) and the demo's 128 px (layer2)
     python tools/bench.py detect-train --threads 2 --amp    # also under CPU bfloat16 autocast
@@ -49,7 +49,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation (after 2 warm-up)")
     parser.add_argument("--images", type=int, default=96, help="generated shapes images (160-320 px, as make demo)")
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the data-share loop")
+    parser.add_argument("--workers", default="0,1", help="DataLoader worker counts of the data-share loop, comma-separated")
     parser.add_argument("--data-steps", type=int, default=6, help="steps per data-share measurement")
     parser.add_argument("--amp", action="store_true", help="also time both models under CPU bfloat16 autocast")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
@@ -59,6 +59,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.cases, args.threads, args.repeats, args.images, args.data_steps = "128:layer2", "1", 2, 24, 2
+        args.workers = "0"
     cases = [(int(size), level) for size, level in (c.split(":") for c in args.cases.split(","))]
     threads = [int(t) for t in args.threads.split(",")]
     info = _machine()
@@ -255,28 +256,31 @@ def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repe
 
 
 def _data_share(root: Path, size: int, level: str, threads: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Per cache mode: data cost alone (main process) and the wait share of steps fed by ``--workers`` workers."""
+    """Per cache mode: the data cost alone (main process), and per worker count the share of the wall time that
+    training steps fed by the loader spend waiting for their batch; modes and worker counts alternate."""
     torch.set_num_threads(threads)
-    modes = {mode: _split(root, size, args.workers, args.batch_size, cache=mode) for mode in ("none", "ram")}
+    modes = {mode: _split(root, size, 0, args.batch_size, cache=mode) for mode in ("none", "ram")}
+    workers = [int(w) for w in str(args.workers).split(",")]
     ours, _ = _models(size, level, num_classes=len(modes["none"][0].classes))
     optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4)
     alone: dict[str, list[float]] = {m: [] for m in modes}
-    share: dict[str, list[float]] = {m: [] for m in modes}
-    rate: dict[str, list[float]] = {m: [] for m in modes}
+    fed: dict[tuple[str, int], list[tuple[float, float]]] = {(m, w): [] for m in modes for w in workers}
     for _ in range(3):
         for mode, (dataset, task, cfg) in modes.items():
             alone[mode].append(_data_alone_ms(dataset, task, cfg))
-            waited, total, images = _fed_steps(ours, optimizer, dataset, task, cfg, args.data_steps)
-            share[mode].append(waited / total)
-            rate[mode].append(images / total)
-    row = {"size": size, "first_level": level, "threads": threads, "workers": args.workers}
+            for w in workers:
+                waited, total, images = _fed_steps(ours, optimizer, dataset, task, dataclasses.replace(cfg, workers=w),
+                                                   args.data_steps)
+                fed[(mode, w)].append((waited / total, images / total))
+    row: dict[str, Any] = {"size": size, "first_level": level, "threads": threads}
     for mode in modes:
-        row[mode] = {"data_ms_per_image": statistics.median(alone[mode]), "wait_share": statistics.median(share[mode]),
-                     "images_per_s": statistics.median(rate[mode])}
+        row[mode] = {"data_ms_per_image": statistics.median(alone[mode])}
         print(f"{size} px data path, data.cache {mode}: {row[mode]['data_ms_per_image']:.2f} ms/image to read and "
-              f"augment in the main process; training fed by {args.workers} worker(s): "
-              f"{row[mode]['images_per_s']:.2f} img/s, {100 * row[mode]['wait_share']:.1f} % of the time waiting "
-              f"for data")
+              f"augment in the main process")
+        for w in workers:
+            share, rate = (statistics.median(v) for v in zip(*fed[(mode, w)]))
+            row[mode][f"workers_{w}"] = {"wait_share": share, "images_per_s": rate}
+            print(f"  training fed by {w} worker(s): {rate:.2f} img/s, {100 * share:.1f} % of the time waiting for data")
     return row
 
 
