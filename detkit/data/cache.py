@@ -12,6 +12,7 @@ is sent to the workers, so every worker maps the same pages. Under DDP each rank
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -251,6 +252,12 @@ def _check_fits(cache: ImageCache, max_gb: float) -> None:
     if cache.nbytes <= max_gb * _GB:
         return
     need = cache.nbytes / _GB
-    raise ValueError(f"data.cache: ram needs {need:.2f} GB for the {len(cache.paths):,} decoded images (RGB uint8, "
-                     f"train and val), more than data.cache_max_gb = {max_gb:g}; raise data.cache_max_gb to at least "
-                     f"{np.ceil(need * 100) / 100:.2f} if the machine has that much free memory, or set data.cache: none")
+    raise ValueError(f"data.cache: ram needs {need:.3g} GB for the {len(cache.paths):,} images decoded as RGB uint8 "
+                     f"(every split cached), more than data.cache_max_gb = {max_gb:g}; raise data.cache_max_gb to at "
+                     f"least {_round_up(need):g} if the machine has that much free memory, or set data.cache: none")
+
+
+def _round_up(value: float, digits: int = 3) -> float:
+    """``value`` rounded up to ``digits`` significant digits (the smallest cap that admits it, as printed)."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale) / scale
