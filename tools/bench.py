@@ -8,6 +8,7 @@ Examples:
     python tools/bench.py faults         # payloads, bad inputs and injected faults: what detkit refuses and survives
     python tools/bench.py quality        # accuracy / mAP50 on small real-image sets vs plain torchvision loops
     python tools/bench.py quality --quick --only digits
+    python tools/bench.py detect-train   # resnet18_ssd training steps vs torchvision's SSD; data pipeline share
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train", "detect": "benchmarks.detect",
-          "quality": "benchmarks.quality", "faults": "benchmarks.faults"}
+          "quality": "benchmarks.quality", "faults": "benchmarks.faults", "detect-train": "benchmarks.detect_train"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from detkit.config.augment import ClassificationAugment, DetectionAugment
 from detkit.errors import ConfigError
 
 __all__ = [
+    "CACHE_MODES",
     "FIRST_LEVELS",
     "RESIZE_MODES",
     "TASKS",
@@ -31,6 +32,8 @@ TASKS = ("classify", "detect")
 FIRST_LEVELS = ("layer2", "layer3")
 #: eval and inference geometry of detection inputs
 RESIZE_MODES = ("letterbox", "resize")
+#: ``data.cache`` values: read every image from disk each time, or decode each once into memory
+CACHE_MODES = ("none", "ram")
 
 
 @dataclass
@@ -58,6 +61,9 @@ class DataConfig:
     train_annotations: str | None = None  # train annotations: a COCO .json, a YOLO labels folder, a VOC folder of XML files or a classification .csv/.json list
     val_images: str | None = None  # val images, as train_images
     val_annotations: str | None = None  # val annotations, as train_annotations
+    # in-memory image cache (detkit.data.cache)
+    cache: str = "none"  # none (read and decode every image from disk each time it is used) or ram (decode every train and val image once, before training, into one buffer the DataLoader workers share; augmentation stays per epoch)
+    cache_max_gb: float = 4.0  # largest decoded size (RGB uint8, train + val) data.cache: ram may hold, in GB; a larger set is refused before anything is decoded
 
     def __post_init__(self) -> None:
         if self.img_size is not None and self.img_size < 1:
@@ -69,6 +75,10 @@ class DataConfig:
             raise ValueError(f"data.eval_batch_size: expected an integer >= 1 or null, got {self.eval_batch_size}")
         if self.workers < 0:
             raise ValueError(f"data.workers: expected >= 0, got {self.workers}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"data.cache: expected one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+        if not self.cache_max_gb > 0:
+            raise ValueError(f"data.cache_max_gb: expected a positive number of GB, got {self.cache_max_gb}")
 
 
 @dataclass

@@ -119,7 +119,8 @@ class _LabelledImages(SeededTransform, Dataset):
         for offset in range(n):
             path, label = self.samples[(index + offset) % n]
             try:
-                image = read_image(path)
+                cache = getattr(self, "image_cache", None)  # data.cache: ram (detkit.data.cache)
+                image = read_image(path) if cache is None else cache.read(path)
             except DatasetError as err:
                 logger.warning("%s; using the next sample instead", err)
                 continue

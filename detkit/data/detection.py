@@ -555,7 +555,8 @@ class DetectionDataset(SeededTransform, Dataset):
         for offset in range(len(self.records)):
             record = self.records[(index + offset) % len(self.records)]
             try:
-                image = read_image(record.path)
+                cache = getattr(self, "image_cache", None)  # data.cache: ram (detkit.data.cache)
+                image = read_image(record.path) if cache is None else cache.read(record.path)
             except DatasetError as err:
                 logger.warning("%s; using the next sample instead", err)
                 continue

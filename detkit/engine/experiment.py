@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from detkit.collectives import all_gather_objects, barrier
 from detkit.config.core import config_to_dict, save_config
 from detkit.config.sections import DataConfig, ExperimentConfig
+from detkit.data.cache import attach_image_cache
 from detkit.data.stats import compute_mean_std
 from detkit.engine.distributed import (
     DistInfo,
@@ -207,6 +208,7 @@ def _build_data(cfg: ExperimentConfig, ckpt: dict[str, Any] | None, resume: Path
     if ckpt is not None and ckpt.get("classes") and list(ckpt["classes"]) != classes:
         raise ValueError(f"train.resume: checkpoint {resume} was trained on classes {ckpt['classes']}, "
                          f"but {data_cfg.root} has {classes}")
+    attach_image_cache(data_cfg, [train_set, val_set])  # data.cache: ram decodes every image once, here
     return build_task(cfg, classes, train_set=train_set, val_set=val_set), train_set, val_set
 
 

@@ -40,6 +40,22 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.GroupNorm(math.gcd(32, channels), channels) if kind == "group" else nn.BatchNorm2d(channels)
 
 
+class _StridedConv(nn.Conv2d):
+    """A 3x3 stride-2 convolution (padding 1) that runs as a 1x1 convolution on a 1 x 1 input.
+
+    On a 1 x 1 input only the kernel's centre meets the data (the other taps see the zero padding), so the two
+    give the same output and gradients. The short path also avoids a CPU bfloat16 kernel (``train.amp`` on the
+    CPU) whose weight gradient for this shape holds NaN about every other call (torch 2.14, oneDNN).
+
+    Shapes: ``Tensor[B, C_in, H, W]`` -> ``Tensor[B, C_out, ceil(H / 2), ceil(W / 2)]``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] == (1, 1):
+            return nn.functional.conv2d(x, self.weight[:, :, 1:2, 1:2], self.bias)
+        return super().forward(x)
+
+
 def _extra_block(in_channels: int, out_channels: int, norm: str = "group") -> nn.Sequential:
     """conv1x1 -> norm -> ReLU -> conv3x3 stride 2 -> norm -> ReLU: halves the resolution.
 
@@ -51,7 +67,7 @@ def _extra_block(in_channels: int, out_channels: int, norm: str = "group") -> nn
         nn.Conv2d(in_channels, mid, kernel_size=1, bias=False),
         _norm(norm, mid),
         nn.ReLU(inplace=True),
-        nn.Conv2d(mid, out_channels, kernel_size=3, stride=2, padding=1, bias=False),
+        _StridedConv(mid, out_channels, kernel_size=3, stride=2, padding=1, bias=False),
         _norm(norm, out_channels),
         nn.ReLU(inplace=True),
     )

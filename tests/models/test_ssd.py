@@ -15,7 +15,7 @@ import torchvision
 from detkit.engine.freeze import FreezeConfig, Freezer
 from detkit.models import WeightsUnavailableError, param_stages
 from detkit.models.detector import create_detector, list_detectors
-from detkit.models.ssd import ResNetSSD, default_aspect_ratios
+from detkit.models.ssd import ResNetSSD, _extra_block, default_aspect_ratios
 
 ALL_NAMES = [
     "resnet18_ssd", "resnet34_ssd", "resnet50_ssd", "tiny_ssd",
@@ -344,6 +344,41 @@ def test_bfloat16_autocast_gives_float32_losses_and_detections() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         detections = model(images)
     assert detections[0]["boxes"].dtype == torch.float32
+
+
+
+@pytest.mark.parametrize("side", [1, 2, 3])
+def test_extra_blocks_strided_conv_equals_the_padded_3x3_conv_in_outputs_and_gradients(side: int) -> None:
+    """The 1 x 1 short path of the extra blocks' stride-2 conv is the same maths as nn.Conv2d (float64)."""
+    torch.manual_seed(side)
+    block = _extra_block(8, 16)
+    strided = block[3]
+    plain = torch.nn.Conv2d(8, 16, kernel_size=3, stride=2, padding=1, bias=False).double()
+    strided.double().load_state_dict(plain.state_dict())
+    x = torch.randn(3, 8, side, side, dtype=torch.float64, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_()
+    out, out_plain = strided(x), plain(x_plain)
+    grad = torch.randn_like(out_plain)
+    (out * grad).sum().backward()
+    (out_plain * grad).sum().backward()
+    assert out.shape == out_plain.shape and torch.allclose(out, out_plain)
+    assert torch.allclose(strided.weight.grad, plain.weight.grad) and torch.allclose(x.grad, x_plain.grad)
+
+
+def test_extra_blocks_on_one_cell_levels_get_finite_gradients_under_cpu_bfloat16_autocast() -> None:
+    """torch's CPU bf16 weight gradient of a padded stride-2 3x3 conv on a 1 x 1 input leaves the taps that only see
+    padding uninitialised (NaN in training); the extra blocks must not go through it. NaN-filled bf16 buffers of
+    the gradient's size are freed just before the backward, so that the bad kernel would pick up their memory."""
+    torch.manual_seed(0)
+    strided = _extra_block(16, 64)[3]  # the block's 3x3 stride-2 conv, 32 -> 64 channels
+    for _ in range(4):
+        strided.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = strided(torch.randn(4, 32, 1, 1))
+        junk = [torch.full(tuple(strided.weight.shape), float("nan"), dtype=torch.bfloat16) for _ in range(8)]
+        del junk
+        out.float().sum().backward()
+        assert torch.isfinite(strided.weight.grad).all()
 
 
 @pytest.mark.cuda

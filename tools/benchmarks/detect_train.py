@@ -1,0 +1,316 @@
+"""Detection training speed: detkit's resnet18_ssd against torchvision's SSD on the same trunk; the data pipeline's share.
+
+Model steps: detkit's ``resnet18_ssd`` and torchvision's ``SSD`` machinery (``SSD``, ``SSDHead``,
+``DefaultBoxGenerator``, its matcher, hard-negative mining and loss) on a resnet18 trunk written here from
+torchvision's ``resnet18`` with the same feature levels (layer3, layer4 and 4 extra blocks; ``layer2`` first adds
+layer2), channels, anchors per location, scales, input size, batch, optimiser (AdamW) and thread count. Both train
+on the same batches from the shapes detection set (detkit's augmentation, fixed in advance) with full steps:
+forward, loss, backward, optimiser step. Steps alternate between the two; the table gives medians over the
+repeats and detkit's images/s over torchvision's (target >= 1.0).
+
+Data pipeline: detkit's real DataLoader path (``DetectionSplit`` + train augmentation + ``build_loader``) with
+``data.cache: none`` and ``ram``, alternating: the data cost alone (iterating the loader in the main process), and
+training steps fed by the loader with each of ``--workers`` worker counts, where the share of the wall time spent
+waiting for the next batch is the pipeline's share of the step (with 0 workers: all of the data work).
+
+    python tools/bench.py detect-train                      # 256 px (layer3) and the demo's 128 px (layer2)
+    python tools/bench.py detect-train --threads 2 --amp    # also under CPU bfloat16 autocast
+    python tools/bench.py detect-train --quick              # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+EXTRA_CHANNELS = (512, 256, 256, 256)
+TARGET = 1.0
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cases", default="256:layer3,128:layer2",
+                        help="input side and first level of each case, SIZE:LEVEL comma-separated")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per step")
+    parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts, comma-separated")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation (after 2 warm-up)")
+    parser.add_argument("--images", type=int, default=96, help="generated shapes images (160-320 px, as make demo)")
+    parser.add_argument("--workers", default="0,1", help="DataLoader worker counts of the data-share loop, comma-separated")
+    parser.add_argument("--data-steps", type=int, default=6, help="steps per data-share measurement")
+    parser.add_argument("--amp", action="store_true", help="also time both models under CPU bfloat16 autocast")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--quick", action="store_true", help="one small case, few steps (a smoke run)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.cases, args.threads, args.repeats, args.images, args.data_steps = "128:layer2", "1", 2, 24, 2
+        args.workers = "0"
+    cases = [(int(size), level) for size, level in (c.split(":") for c in args.cases.split(","))]
+    threads = [int(t) for t in args.threads.split(",")]
+    info = _machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, torchvision "
+          f"{info['torchvision']}; load average {info['load_start']}")
+    results: dict[str, Any] = {"machine": info, "batch_size": args.batch_size, "steps": [], "data": []}
+    with tempfile.TemporaryDirectory(prefix="detkit_bench_dettrain_") as tmp:
+        root = _generate(Path(tmp) / "shapes", args.images)
+        for size, level in cases:
+            batches = _fixed_batches(root, size, args.batch_size, count=3)
+            for n_threads in threads:
+                for amp in (False, True) if args.amp else (False,):
+                    results["steps"].append(_compare(batches, size, level, n_threads, amp, args.repeats))
+        for size, level in cases:
+            results["data"].append(_data_share(root, size, level, max(threads), args))
+    info["load_end"] = _load()
+    print(f"load average at the end {info['load_end']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def _machine() -> dict[str, Any]:
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "load_start": _load()}
+
+
+def _generate(root: Path, n_images: int) -> Path:
+    from detkit.data.det_synthetic import make_shapes_detection
+
+    make_shapes_detection(root, n_train=n_images, n_val=0, seed=0)  # 160-320 px, like make demo's set
+    return root
+
+
+def _split(root: Path, size: int, workers: int, batch_size: int, cache: str = "none") -> tuple[Any, Any, Any]:
+    """detkit's training data path: ``(DetectionSplit with the train augmentation, DetectionTask, DataConfig)``."""
+    from detkit.config import DataConfig, DetectConfig
+    from detkit.data.cache import attach_image_cache
+    from detkit.data.det_transforms import DetectionAugment
+    from detkit.engine.tasks import DetectionTask
+
+    cfg = DataConfig(root=str(root), batch_size=batch_size, workers=workers, cache=cache)
+    dataset = DetectionTask.load_split(cfg, "train")
+    augment = DetectionAugment(crop_p=0.0, scale_p=0.0, hflip_p=0.5, color_p=0.5)  # make demo's
+    task = DetectionTask(dataset.classes, dataset.cat_ids, DetectConfig(augment=augment))
+    dataset.transform = task.build_transform(cfg, size, NORM, train=True)
+    attach_image_cache(cfg, [dataset])
+    return dataset, task, cfg
+
+
+def _fixed_batches(root: Path, size: int, batch_size: int, count: int) -> list[tuple[Tensor, list[dict]]]:
+    """``count`` augmented batches ``(images Tensor[B, 3, S, S], targets)`` taken once, shared by both models."""
+    from detkit.engine.loaders import build_loader
+
+    dataset, task, cfg = _split(root, size, workers=0, batch_size=batch_size)
+    loader = build_loader(dataset, task, cfg, train=True, device=torch.device("cpu"), seed=0)
+    batches = []
+    for images, targets, _ in loader:
+        batches.append((images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]))
+        if len(batches) == count:
+            break
+    return batches
+
+
+class Resnet18Trunk(nn.Module):
+    """torchvision's resnet18 with resnet18_ssd's levels: [layer2,] layer3, layer4, then 4 extra blocks.
+
+    Each extra block is conv1x1 -> GroupNorm -> ReLU -> conv3x3 stride 2 -> GroupNorm -> ReLU (channels 512, 256,
+    256, 256), as detkit's. Shapes: ``forward(Tensor[B, 3, H, W])`` -> ``OrderedDict`` of the maps, finest first.
+    """
+
+    def __init__(self, first_level: str) -> None:
+        import torchvision
+
+        super().__init__()
+        r = torchvision.models.resnet18(weights=None)
+        self.body = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2)
+        self.layer3, self.layer4 = r.layer3, r.layer4
+        self.with_layer2 = first_level == "layer2"
+        channels = ([128] if self.with_layer2 else []) + [256, 512]
+        extras = []
+        for out in EXTRA_CHANNELS:
+            mid = out // 2
+            extras.append(nn.Sequential(
+                nn.Conv2d(channels[-1], mid, 1, bias=False), nn.GroupNorm(math.gcd(32, mid), mid), nn.ReLU(inplace=True),
+                nn.Conv2d(mid, out, 3, stride=2, padding=1, bias=False), nn.GroupNorm(math.gcd(32, out), out),
+                nn.ReLU(inplace=True)))  # fmt: skip
+            channels.append(out)
+        self.extras = nn.ModuleList(extras)
+        self.out_channels = channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        x = self.body(x)
+        features = [x] if self.with_layer2 else []
+        x = self.layer3(x)
+        features.append(x)
+        x = self.layer4(x)
+        features.append(x)
+        for block in self.extras:
+            x = block(x)
+            features.append(x)
+        return OrderedDict((str(i), f) for i, f in enumerate(features))
+
+
+def _models(size: int, first_level: str, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """detkit's resnet18_ssd and torchvision's SSD on :class:`Resnet18Trunk`, same anchors, both in train mode."""
+    from torchvision.models.detection.ssd import SSD, DefaultBoxGenerator, SSDHead
+
+    from detkit.config import DetectConfig
+    from detkit.models.detector import build_detector
+
+    torch.manual_seed(0)
+    ours = build_detector("resnet18_ssd", num_classes, "none", DetectConfig(first_level=first_level))
+    trunk = Resnet18Trunk(first_level)
+    ratios = ours.anchor_generator.aspect_ratios
+    anchors = DefaultBoxGenerator(ratios, min_ratio=0.1, max_ratio=0.9)  # resnet18_ssd's scales
+    head = SSDHead(trunk.out_channels, anchors.num_anchors_per_location(), num_classes + 1)
+    # images arrive normalised: the SSD transform's normalisation (still computed) is the identity
+    theirs = SSD(trunk, anchors, (size, size), num_classes + 1, image_mean=[0.0] * 3, image_std=[1.0] * 3, head=head)
+    if anchors.num_anchors_per_location() != ours.anchor_generator.num_anchors_per_location():
+        raise RuntimeError("the two models differ in anchors per location")
+    return ours.train(), theirs.train()
+
+
+# ----------------------------------------------------------------------------- model steps
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, targets: list[dict], amp: bool,
+          torchvision_ssd: bool) -> None:
+    """One full training step: forward, loss, backward, optimiser step."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        if torchvision_ssd:  # labels 1..C, 0 is background
+            losses = model(list(images), [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
+            loss = sum(losses.values())
+        else:
+            loss = model(images, targets)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repeats: int) -> dict[str, Any]:
+    """Median wall and CPU seconds per step of both models, steps interleaved (ABBA), after 2 warm-up steps each."""
+    torch.set_num_threads(threads)
+    ours, theirs = _models(size, level, num_classes=4)
+    runs = {"detkit": (ours, False), "torchvision": (theirs, True)}
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in runs.items()}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(repeats + 2):
+        images, targets = batches[i % len(batches)]
+        order = list(runs) if i % 2 == 0 else list(runs)[::-1]  # alternate who goes first: no order effect
+        for name in order:
+            model, is_tv = runs[name]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            _step(model, optimizers[name], images, targets, amp, is_tv)
+            if i >= 2:
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    batch = batches[0][0].shape[0]
+    row = {"size": size, "first_level": level, "threads": threads, "amp": amp, "batch": batch,
+           "params": {n: sum(p.numel() for p in m.parameters()) for n, (m, _) in runs.items()}}
+    for name in runs:
+        row[name] = {"images_per_s": batch / statistics.median(wall[name]),
+                     "cpu_ms_per_image": 1000 * statistics.median(cpu[name]) / batch,
+                     "step_s": [round(t, 4) for t in wall[name]]}
+    row["ratio"] = row["detkit"]["images_per_s"] / row["torchvision"]["images_per_s"]
+    verdict = "met" if row["ratio"] >= TARGET else "MISSED"
+    print(f"{size} px, first level {level}, batch {batch}, {threads} thread(s){', bf16 autocast' if amp else ''}: "
+          f"detkit {row['detkit']['images_per_s']:.2f} img/s ({row['detkit']['cpu_ms_per_image']:.0f} CPU ms/img), "
+          f"torchvision SSD {row['torchvision']['images_per_s']:.2f} img/s "
+          f"({row['torchvision']['cpu_ms_per_image']:.0f} CPU ms/img): {row['ratio']:.2f}x (target >= {TARGET}: "
+          f"{verdict})")
+    return row
+
+
+# ----------------------------------------------------------------------------- data pipeline
+
+
+def _data_share(root: Path, size: int, level: str, threads: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Per cache mode: the data cost alone (main process), and per worker count the share of the wall time that
+    training steps fed by the loader spend waiting for their batch; modes and worker counts alternate."""
+    torch.set_num_threads(threads)
+    modes = {mode: _split(root, size, 0, args.batch_size, cache=mode) for mode in ("none", "ram")}
+    workers = [int(w) for w in str(args.workers).split(",")]
+    ours, _ = _models(size, level, num_classes=len(modes["none"][0].classes))
+    optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    alone: dict[str, list[float]] = {m: [] for m in modes}
+    fed: dict[tuple[str, int], list[tuple[float, float]]] = {(m, w): [] for m in modes for w in workers}
+    for _ in range(3):
+        for mode, (dataset, task, cfg) in modes.items():
+            alone[mode].append(_data_alone_ms(dataset, task, cfg))
+            for w in workers:
+                waited, total, images = _fed_steps(ours, optimizer, dataset, task, dataclasses.replace(cfg, workers=w),
+                                                   args.data_steps)
+                fed[(mode, w)].append((waited / total, images / total))
+    row: dict[str, Any] = {"size": size, "first_level": level, "threads": threads}
+    for mode in modes:
+        row[mode] = {"data_ms_per_image": statistics.median(alone[mode])}
+        print(f"{size} px data path, data.cache {mode}: {row[mode]['data_ms_per_image']:.2f} ms/image to read and "
+              f"augment in the main process")
+        for w in workers:
+            share, rate = (statistics.median(v) for v in zip(*fed[(mode, w)]))
+            row[mode][f"workers_{w}"] = {"wait_share": share, "images_per_s": rate}
+            print(f"  training fed by {w} worker(s): {rate:.2f} img/s, {100 * share:.1f} % of the time waiting for data")
+    return row
+
+
+def _data_alone_ms(dataset: Any, task: Any, cfg: Any) -> float:
+    """Milliseconds per image to produce every batch of one epoch in the main process (no model)."""
+    from detkit.engine.loaders import build_loader
+
+    loader = build_loader(dataset, task, dataclasses.replace(cfg, workers=0), train=True, device=torch.device("cpu"))
+    start = time.perf_counter()
+    images = sum(batch[0].shape[0] for batch in loader)
+    return 1000 * (time.perf_counter() - start) / max(images, 1)
+
+
+def _fed_steps(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Any, task: Any, cfg: Any,
+               steps: int) -> tuple[float, float, int]:
+    """``(seconds waiting for batches, total seconds, images)`` of ``steps`` training steps fed by the loader."""
+    from detkit.engine.loaders import build_loader
+
+    loader = iter(build_loader(dataset, task, cfg, train=True, device=torch.device("cpu")))
+    next(loader)  # workers start and fill their queue outside the timed part
+    waited, images = 0.0, 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        before = time.perf_counter()
+        batch = next(loader, None)
+        waited += time.perf_counter() - before
+        if batch is None:
+            break
+        images_t, targets, _ = batch
+        _step(model, optimizer, images_t, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets],
+              amp=False, torchvision_ssd=False)
+        images += images_t.shape[0]
+    return waited, time.perf_counter() - start, images
