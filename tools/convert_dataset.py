@@ -17,8 +17,6 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 from detkit.data.formats import FORMATS, convert_dataset  # noqa: E402
 
 
@@ -54,5 +52,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cli() -> int:
+    return main(get_args_parser().parse_args())
+
+
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(_run_cli())
