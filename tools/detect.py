@@ -83,7 +83,9 @@ def _predictor(args: argparse.Namespace):
     if (args.checkpoint is None) == (args.model is None):
         raise ValueError("give exactly one of --checkpoint CKPT (a trained detector or its export) or --model "
                          "torchvision:NAME (a COCO-pretrained one)")
-    options = {"img_size": args.img_size, "device": resolve_device(args.device), "batch_size": args.batch_size,
+    # "auto" stays for exports: ONNX Runtime takes CUDA only where it has the provider
+    device = args.device if args.device == "auto" and args.checkpoint is not None else resolve_device(args.device)
+    options = {"img_size": args.img_size, "device": device, "batch_size": args.batch_size,
                "conf": args.conf, "iou": args.iou, "max_det": args.max_det,
                "class_conf": class_thresholds(args.conf_class), "keep_classes": args.classes}
     if args.checkpoint is not None:
@@ -102,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
     predictor = _predictor(args)
     with write_errors_as_user_errors(args.output):  # a full disk: one line, no partial file
         if is_stream_source(args.source):
+            if args.save_txt or args.annotations is not None:
+                raise ValueError("--save-txt and --annotations apply to image sources; a video writes JSON lines")
             summary = run_video_detection(predictor, args.source, args.output, save_video=not args.no_images,
                                           max_frames=args.max_frames)
             print(summary)

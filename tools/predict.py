@@ -41,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     predictor = load_predictor(args.checkpoint, "classify", img_size=args.img_size,
-                               device=resolve_device(args.device), batch_size=args.batch_size)
+                               device=args.device if args.device == "auto" else resolve_device(args.device),
+                               batch_size=args.batch_size)
     with write_errors_as_user_errors(args.output):  # a full disk: one line, no partial file
         summary = run_classification(predictor, args.source, args.output, topk=args.topk,
                                      contact_sheet=args.contact_sheet)

@@ -163,8 +163,9 @@ def _check_images(model: nn.Module, exported: Any, meta: ExportMeta, images: lis
     ref = Predictor(model, meta.classes, meta.category_ids, **options)
     got = Predictor(exported, meta.classes, meta.category_ids, **options)
     scale = max(max(im.shape[:2]) for im in images) / meta.input_size  # input pixels -> original pixels
-    return compare_detections(ref.predict(images), got.predict(images), f"detections on {len(images)} images "
-                              f"(score > {meta.score_thresh})", threshold=meta.score_thresh, box_tol=0.05 * max(1, scale))
+    what = f"detections on {len(images)} images (score > {meta.score_thresh})"
+    return compare_detections(ref.predict(images), got.predict(images), what, threshold=meta.score_thresh,
+                              box_tol=0.05 * max(1.0, scale))
 
 
 def _export_meta(ckpt: dict[str, Any], source: Path, model: nn.Module, format: str, size: int | None,

@@ -63,8 +63,10 @@ def _cap_per_image(image: Tensor, num_images: int, max_detections: Tensor) -> Te
     return rank < max_detections
 
 
-def select_detections(scores: Tensor, boxes: Tensor, score_threshold: Tensor, iou_threshold: Tensor,
-                      max_detections: Tensor, topk: int, max_coordinate: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def select_detections(
+    scores: Tensor, boxes: Tensor, score_threshold: Tensor, iou_threshold: Tensor, max_detections: Tensor, topk: int,
+    max_coordinate: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Threshold, top-k per class, class-aware NMS and the per-image cap, in ops both tracers and TorchScript take.
 
     The selection of :func:`detkit.ops.postprocess_detections` (SSD's): per image and class the ``topk``

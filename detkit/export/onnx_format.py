@@ -79,7 +79,12 @@ def onnx_bytes(graph: nn.Module, example: Sequence[Tensor], input_names: Sequenc
     return model.SerializeToString()
 
 
-def _providers(ort: Any, device: torch.device) -> list[str]:
+def _providers(ort: Any, device: str | torch.device) -> list[str]:
+    """ONNX Runtime providers for ``device``; ``"auto"`` is CUDA when onnxruntime has it and a GPU is present."""
+    if str(device) == "auto":
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+        device = "cuda" if cuda else "cpu"
+    device = torch.device(device)
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -93,7 +98,7 @@ class OnnxSession:
 
     Args:
         model: the ``.onnx`` file, or its bytes.
-        device: ``cpu`` or ``cuda[:N]`` (needs onnxruntime-gpu).
+        device: ``cpu``, ``cuda[:N]`` (needs onnxruntime-gpu) or ``auto`` (CUDA when available, else CPU).
         threads: intra-op threads (default: torch's, so that comparisons run alike).
 
     Attributes:
@@ -114,10 +119,11 @@ class OnnxSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3
-        self.device = torch.device(device)
+        providers = _providers(ort, device)
+        self.device = torch.device("cuda" if providers[0] == "CUDAExecutionProvider" else "cpu")
         try:
             self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                                providers=_providers(ort, self.device))
+                                                providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for corrupt or foreign files
             raise ValueError(f"export {source} cannot be loaded by ONNX Runtime: {type(err).__name__}: "
                              f"{str(err)[:300]}") from None

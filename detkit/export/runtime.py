@@ -107,7 +107,8 @@ class ExportedDetector:
     def nms_thresh(self, value: float) -> None:
         if self.fixed and abs(value - self.meta.nms_thresh) > 1e-6:
             raise ValueError(f"iou: this export of {self.meta.model} applies NMS at IoU {self.meta.nms_thresh}; "
-                             f"re-export with tools/export.py --iou {value}, or run it with --iou {self.meta.nms_thresh}")
+                             f"re-export with tools/export.py --iou {value}, or run it with "
+                             f"--iou {self.meta.nms_thresh}")
         self._iou = float(value)
 
     @property
@@ -167,7 +168,8 @@ def load_predictor(path: str | os.PathLike, task: str, *, device: str | torch.de
     Args:
         path: ``best.pt`` (checkpoint), ``best.onnx`` or ``best.torchscript.pt``.
         task: ``"detect"`` (a :class:`Predictor`) or ``"classify"`` (a :class:`ClassificationPredictor`).
-        device: ``cpu`` or ``cuda[:N]``; ONNX exports run on ONNX Runtime's provider for it.
+        device: ``cpu``, ``cuda[:N]`` or ``auto``; ONNX exports run on ONNX Runtime's provider for it (``auto``:
+            CUDA when onnxruntime has the CUDA provider and a GPU is present, else CPU).
         img_size: network input side; an export only takes the size it was made for.
         **kwargs: further options of the predictor (``batch_size``; detection: ``conf``, ``iou``, ``max_det``,
             ``class_conf``, ``keep_classes``).
@@ -179,6 +181,8 @@ def load_predictor(path: str | os.PathLike, task: str, *, device: str | torch.de
     if task not in ("detect", "classify"):
         raise ValueError(f"task: expected detect or classify, got {task!r}")
     kind = model_file_kind(path)
+    if str(device) == "auto" and kind != "onnx":  # ONNX Runtime picks its own provider for "auto"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "checkpoint":
         cls = Predictor if task == "detect" else ClassificationPredictor
         return cls.from_checkpoint(path, img_size=img_size, device=device, **kwargs)

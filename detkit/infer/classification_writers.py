@@ -110,7 +110,8 @@ def run_classification(
     thumbs: list[tuple[np.ndarray, list[str]]] = []
     start = time.perf_counter()
     for offset in range(0, len(files), predictor.batch_size):
-        chunk, images = read_batch(files, range(offset, min(offset + predictor.batch_size, len(files))), summary.skipped)
+        indices = range(offset, min(offset + predictor.batch_size, len(files)))
+        chunk, images = read_batch(files, indices, summary.skipped)
         if not images:
             continue
         for index, image, top in zip(chunk, images, top_k(predictor.predict(images), predictor.classes, topk)):

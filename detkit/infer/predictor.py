@@ -46,7 +46,8 @@ def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device
     return scale, shift
 
 
-def checkpoint_preprocessing(ckpt: dict[str, Any], source: Any) -> tuple[list[str], ModelMeta, list[float], list[float]]:
+def checkpoint_preprocessing(ckpt: dict[str, Any],
+                             source: Any) -> tuple[list[str], ModelMeta, list[float], list[float]]:
     """``(classes, model meta, mean, std)`` a detkit checkpoint stores; ``ValueError`` naming ``source`` when absent."""
     meta = ModelMeta.from_dict(ckpt.get("model_meta") or {})
     classes = list(ckpt.get("classes") or meta.classes or [])
@@ -129,7 +130,9 @@ class Predictor:
         model_conf = min([self.conf, *(class_conf or {}).values()])
         # with filters after NMS the model keeps every candidate, so that max_det counts what survives them
         filtering = self._thresholds is not None or self._keep is not None
-        model_max = max(max_det, getattr(model, "topk_candidates", max_det) * len(self.classes)) if filtering else max_det
+        model_max = max_det
+        if filtering:
+            model_max = max(max_det, getattr(model, "topk_candidates", max_det) * len(self.classes))
         set_postprocess(self.model, score_thresh=model_conf, nms_thresh=iou, detections_per_img=model_max)
 
     def _class_filters(self, class_conf: Mapping[str, float] | None,

@@ -163,7 +163,8 @@ def run_video_detection(
             check_output_location(frames.source, output, [Path(frames.source)])
         output.mkdir(parents=True, exist_ok=True)
         summary = VideoRunSummary(source=frames.source, jsonl=output / f"{frames.name}.jsonl")
-        sink = VideoSink(output / f"{frames.name}.mp4", frames.fps, (frames.width, frames.height)) if save_video else None
+        size = (frames.width, frames.height)
+        sink = VideoSink(output / f"{frames.name}.mp4", frames.fps, size) if save_video else None
         start = time.perf_counter()
         try:
             atomic_write(summary.jsonl, lambda f: _detect_frames(predictor, frames, f, sink, summary), binary=False)

@@ -27,8 +27,8 @@ from detkit.infer.sources import find_sources
 from detkit.io import atomic_write_json, atomic_write_text
 from detkit.viz.draw import as_numpy, draw_detections
 
-__all__ = ["DetectRunSummary", "ImageRunSummary", "check_output_location", "coco_results", "read_batch", "run_detection",
-           "write_errors_as_user_errors", "write_yolo_names", "yolo_lines"]
+__all__ = ["DetectRunSummary", "ImageRunSummary", "check_output_location", "coco_results", "read_batch",
+           "run_detection", "write_errors_as_user_errors", "write_yolo_names", "yolo_lines"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,8 @@ class DetectRunSummary(ImageRunSummary):
                 f"{self.images_per_s:.1f} images/s; results in {self.output} ({ids})")
 
 
-def read_batch(files: Sequence[Path], indices: range, skipped: list[tuple[str, str]]) -> tuple[list[int], list[np.ndarray]]:
+def read_batch(files: Sequence[Path], indices: range,
+               skipped: list[tuple[str, str]]) -> tuple[list[int], list[np.ndarray]]:
     """``(indices, images)`` of the readable files among ``files[indices]`` (``ndarray[H, W, 3]`` uint8 RGB);
     unreadable ones are logged and appended to ``skipped`` as ``(path, reason)``."""
     chunk, images = [], []
@@ -208,7 +209,8 @@ def run_detection(
     names = _unique_stems(files)
     start = time.perf_counter()
     for offset in range(0, len(files), predictor.batch_size):
-        chunk, images = read_batch(files, range(offset, min(offset + predictor.batch_size, len(files))), summary.skipped)
+        indices = range(offset, min(offset + predictor.batch_size, len(files)))
+        chunk, images = read_batch(files, indices, summary.skipped)
         if not images:
             continue
         for index, image, det in zip(chunk, images, predictor.predict(images)):

@@ -176,8 +176,8 @@ def test_bad_export_arguments_are_errors(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_a_torchvision_detector_exports_with_its_thresholds_fixed(tmp_path):
-    ckpt = save_tiny_detector(tmp_path / "best.pt", CLASSES, IDS, model="torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
-                              img_size=64)
+    name = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
+    ckpt = save_tiny_detector(tmp_path / "best.pt", CLASSES, IDS, model=name, img_size=64)
     with pytest.raises(ValueError, match="one image per call"):
         export_checkpoint(ckpt, "onnx", dynamic_batch=True)
     report = export_checkpoint(ckpt, "torchscript", conf=0.05, iou=0.5, max_det=30)
@@ -191,3 +191,15 @@ def test_a_torchvision_detector_exports_with_its_thresholds_fixed(tmp_path):
         load_predictor(report.path, "detect", conf=0.01)
     with pytest.raises(ValueError, match="applies NMS at IoU 0.5"):
         load_predictor(report.path, "detect", iou=0.7)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_torchscript_export_runs_on_cuda_like_on_the_cpu(tiny):
+    _, _, ts_path = tiny
+    images = _images(2)
+    cpu = load_predictor(ts_path, "detect", device="cpu", conf=0.05).predict(images)
+    gpu = load_predictor(ts_path, "detect", device="cuda", conf=0.05).predict(images)
+    for a, b in zip(gpu, cpu):
+        assert a["boxes"].device.type == "cpu"
+        assert torch.allclose(a["scores"][:5], b["scores"][:5], atol=1e-3)

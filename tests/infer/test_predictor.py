@@ -35,7 +35,8 @@ def _predict(**kwargs):
 
 def test_without_filters_the_model_gets_the_thresholds_as_they_are():
     predictor, det = _predict(conf=0.35, iou=0.6, max_det=7)
-    assert (predictor.model.score_thresh, predictor.model.nms_thresh, predictor.model.detections_per_img) == (0.35, 0.6, 7)
+    model = predictor.model
+    assert (model.score_thresh, model.nms_thresh, model.detections_per_img) == (0.35, 0.6, 7)
     assert det["scores"].tolist() == pytest.approx([0.9, 0.6, 0.45, 0.4])
     assert det["category_ids"].tolist() == [20, 10, 10, 30]
 

@@ -275,7 +275,8 @@ def test_predictions_of_a_dataset_split_score_with_pycocotools_as_written(checkp
     rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(elsewhere), "--output", str(tmp_path / "a"),
                        "--annotations", str(annotations), "--conf", "0.01", "--device", "cpu"], monkeypatch, capsys)
     assert rc == 0, err
-    assert {p["image_id"] for p in json.loads((tmp_path / "a" / "predictions.json").read_text())} <= set(by_name.values())
+    given = json.loads((tmp_path / "a" / "predictions.json").read_text())
+    assert {p["image_id"] for p in given} <= set(by_name.values())
     rc, _, _ = _run(["--checkpoint", str(checkpoint), "--source", str(elsewhere), "--output", str(tmp_path / "s"),
                      "--conf", "0.01", "--device", "cpu"], monkeypatch, capsys)
     assert {p["image_id"] for p in json.loads((tmp_path / "s" / "predictions.json").read_text())} <= {0, 1}

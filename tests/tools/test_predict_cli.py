@@ -52,7 +52,8 @@ def test_predict_on_a_folder_writes_csv_json_and_reports_unreadable_files(checkp
     assert [Path(r["file_name"]).name for r in rows] == ["a.png", "b.jpg"]  # a folder: its own files only
     for row in rows:
         probs = [t["probability"] for t in row["top"]]
-        assert len(probs) == 2 and probs == sorted(probs, reverse=True) and {t["label"] for t in row["top"]} <= set(CLASSES)
+        assert len(probs) == 2 and probs == sorted(probs, reverse=True)
+        assert {t["label"] for t in row["top"]} <= set(CLASSES)
     with open(out / "predictions.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [t["file_name"] for t in table] == [r["file_name"] for r in rows]
