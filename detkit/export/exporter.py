@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: score threshold of the sample-input comparison of detectors: low, so that many boxes reach NMS
 SAMPLE_SCORE_THRESH = 0.01
+#: score threshold of the image comparison of detectors whose thresholds are graph inputs (at most the default)
+IMAGES_SCORE_THRESH = 0.05
 #: validation images compared by default
 VERIFY_IMAGES = 8
 
@@ -158,13 +160,15 @@ def _check_images(model: nn.Module, exported: Any, meta: ExportMeta, images: lis
         ref = ClassificationPredictor(model, meta.classes, eval_resize_ratio=meta.eval_resize_ratio, **common)
         got = ClassificationPredictor(exported, meta.classes, eval_resize_ratio=meta.eval_resize_ratio, **common)
         return compare_logits(ref.predict(images), got.predict(images), f"probabilities on {len(images)} images")
-    options = {"resize_mode": meta.resize_mode, "conf": meta.score_thresh, "iou": meta.nms_thresh,
-               "max_det": meta.max_det, **common}
+    # a low threshold where the graph takes it as an input: more detections compared than a run's default keeps
+    conf = meta.score_thresh if meta.postprocess == "fixed" else min(meta.score_thresh, IMAGES_SCORE_THRESH)
+    options = {"resize_mode": meta.resize_mode, "conf": conf, "iou": meta.nms_thresh, "max_det": meta.max_det,
+               **common}
     ref = Predictor(model, meta.classes, meta.category_ids, **options)
     got = Predictor(exported, meta.classes, meta.category_ids, **options)
     scale = max(max(im.shape[:2]) for im in images) / meta.input_size  # input pixels -> original pixels
-    what = f"detections on {len(images)} images (score > {meta.score_thresh})"
-    return compare_detections(ref.predict(images), got.predict(images), what, threshold=meta.score_thresh,
+    what = f"detections on {len(images)} images (score > {conf})"
+    return compare_detections(ref.predict(images), got.predict(images), what, threshold=conf,
                               box_tol=0.05 * max(1.0, scale))
 
 

@@ -39,6 +39,7 @@ def _same_detections(a: dict, b: dict) -> None:
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-2)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("scripted", [False, True])
 def test_select_detections_matches_postprocess_detections(scripted):
     gen = torch.Generator().manual_seed(0)
@@ -121,6 +122,7 @@ def test_thresholds_are_graph_inputs_of_a_single_shot_export(tiny):
                 _same_detections(a, b)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the plain ONNX file comes from the legacy exporter
 def test_corrupt_foreign_and_mismatched_exports_are_rejected(tiny, tmp_path):
     ckpt, onnx_path, ts_path = tiny
     for path, kind in ((onnx_path, "onnx"), (ts_path, "torchscript")):
