@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SUITES = {"ops": "benchmarks.ops", "train": "benchmarks.train", "detect": "benchmarks.detect",
           "quality": "benchmarks.quality", "faults": "benchmarks.faults", "detect-train": "benchmarks.detect_train"}

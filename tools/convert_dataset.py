@@ -21,8 +21,6 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 from detkit.data.formats import FORMATS, convert_dataset  # noqa: E402
 
 

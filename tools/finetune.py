@@ -18,8 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from detkit.config import TASKS  # noqa: E402  (light: no torch)
 
 # flag name -> dotted config key

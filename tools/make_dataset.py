@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 from detkit.data.det_synthetic import DET_CLASSES, make_shapes_detection  # noqa: E402
 from detkit.data.synthetic import CLASSIFICATION_CLASSES, SHAPES, make_shapes_classification  # noqa: E402
 
@@ -107,5 +105,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cli() -> int:
+    return main(get_args_parser().parse_args())
+
+
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(_run_cli())

@@ -198,6 +198,30 @@ class SingleShotDetector(Detector):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         return self.postprocess(class_logits, box_regression, anchors, size), losses
 
+    def scores_and_boxes(self, images: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-class scores and decoded boxes of every anchor: the traceable half of :meth:`postprocess`.
+
+        What an export runs in its graph before the score threshold and NMS (``detkit.export``).
+
+        Args:
+            images: ``Tensor[B, 3, H, W]`` normalised images.
+            anchors: ``Tensor[A, 4]`` pixel ``(x1, y1, x2, y2)`` anchors of this input size (``head_outputs``').
+
+        Returns:
+            ``(scores Tensor[B, A, C], boxes Tensor[B, A, 4])``: class probabilities (softmax without the
+            background column, or sigmoid) and ``(x1, y1, x2, y2)`` boxes clipped to the input, float32.
+        """
+        class_logits, box_regression = self.head(self.extract_features(images))
+        if self.loss_fn.has_background_column:
+            scores = class_logits.float().softmax(-1)[..., 1:]  # column k + 1 is class k
+        else:
+            scores = class_logits.float().sigmoid()
+        boxes = self.loss_fn.box_coder.decode(anchors.float(), box_regression.float())  # [B, A, 4]
+        height, width = images.shape[-2], images.shape[-1]
+        x = boxes[..., 0::2].clamp(min=0, max=width)
+        y = boxes[..., 1::2].clamp(min=0, max=height)
+        return scores, torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
     def postprocess(
         self, class_logits: Tensor, box_regression: Tensor, anchors: Tensor, image_size: tuple[int, int]
     ) -> list[dict[str, Tensor]]:

@@ -7,6 +7,7 @@ from detkit.viz.confusion import plot_confusion_matrix
 from detkit.viz.draw import PALETTE, draw_detections, render_prediction_grid
 from detkit.viz.figures import figure_to_array, new_figure, save_figure
 from detkit.viz.pr_curves import plot_pr_curves
+from detkit.viz.sheet import render_contact_sheet
 
 __all__ = [
     "PALETTE",
@@ -15,6 +16,7 @@ __all__ = [
     "new_figure",
     "plot_confusion_matrix",
     "plot_pr_curves",
+    "render_contact_sheet",
     "render_prediction_grid",
     "save_figure",
 ]

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from torch import Tensor
 
-__all__ = ["PALETTE", "as_numpy", "draw_detections", "render_prediction_grid"]
+__all__ = ["PALETTE", "as_numpy", "draw_detections", "render_prediction_grid", "tile_grid"]
 
 #: distinct colours (RGB) cycled over class labels when drawing
 PALETTE = (
@@ -103,9 +103,14 @@ def render_prediction_grid(
         return np.full((tile_height, tile_height, 3), 255, np.uint8)
     tile_w = max(t.shape[1] for t in tiles) + 12  # a white gap after every tile
     tiles = [np.pad(t, ((0, 12), (0, tile_w - t.shape[1]), (0, 0)), constant_values=255) for t in tiles]
+    return tile_grid(tiles, columns)
+
+
+def tile_grid(tiles: Sequence[np.ndarray], columns: int) -> np.ndarray:
+    """Equal-sized ``ndarray[h, w, 3]`` uint8 tiles in rows of ``columns``, the last row padded with white."""
     rows = []
     for start in range(0, len(tiles), columns):
-        row = tiles[start:start + columns]
+        row = list(tiles[start:start + columns])
         row += [np.full_like(tiles[0], 255)] * (columns - len(row))
         rows.append(np.concatenate(row, axis=1))
     return np.ascontiguousarray(np.concatenate(rows, axis=0))

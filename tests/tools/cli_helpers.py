@@ -10,13 +10,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import torch
-
-from detkit.engine.checkpoint import save_checkpoint
-from detkit.config import DetectConfig
-from detkit.engine.tasks import DetectionTask
+from model_files import save_tiny_detector  # noqa: F401  (re-exported: the CLI tests' tiny detector)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,17 +51,3 @@ def run_in_process(tool: str, argv: list[str], monkeypatch: Any, capsys: Any) ->
     rc = module._run_cli()
     out = capsys.readouterr()
     return rc, out.out, out.err
-
-
-def save_tiny_detector(path: Path, classes: Sequence[str], category_ids: Sequence[int], **detect: Any) -> Path:
-    """A detection checkpoint of an untrained tiny_ssd (64 px input, seed 0) as training writes one, in no time.
-
-    ``detect`` sets the checkpoint's ``detect:`` config keys (e.g. ``score_thresh``) over letterbox, ce, smooth_l1.
-    """
-    torch.manual_seed(0)
-    detect = {"resize_mode": "letterbox", "cls_loss": "ce", "box_loss": "smooth_l1", **detect}
-    task = DetectionTask(list(classes), list(category_ids), DetectConfig(**detect))
-    model = task.build_model("tiny_ssd", weights="none")
-    config = {"task": "detect", "model": {"name": "tiny_ssd"}, "data": {"img_size": 64}, "detect": detect}
-    return save_checkpoint(path, model=model, epoch=1, config=config, classes=list(classes),
-                           normalization={"mean": [0.5] * 3, "std": [0.25] * 3})

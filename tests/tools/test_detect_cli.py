@@ -188,3 +188,192 @@ def test_predictor_runs_on_cuda_and_returns_cpu_tensors(checkpoint):
     assert got["boxes"].device.type == "cpu" and len(got["scores"]) == len(want["scores"]) == 4
     assert set(got["category_ids"].tolist()) <= set(CATEGORY_IDS)
     assert torch.allclose(got["scores"], want["scores"], atol=1e-3)  # same top scores whatever the device
+
+
+# ---------------------------------------------------------------------------------------------- exports, results out
+
+
+@pytest.fixture(scope="module")
+def exports(checkpoint, tmp_path_factory):
+    """The module's tiny_ssd checkpoint exported to ONNX and TorchScript (beside a copy of it)."""
+    from detkit.export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("exports")
+    return {fmt: export_checkpoint(checkpoint, fmt, output=folder / f"best.{fmt}").path
+            for fmt in ("onnx", "torchscript")}
+
+
+def _predictions(folder: Path) -> list[dict]:
+    return sorted(json.loads((folder / "predictions.json").read_text()),
+                  key=lambda p: (p["file_name"], -p["score"], p["category_id"]))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_detect_on_an_export_writes_the_checkpoints_outputs(fmt, checkpoint, exports, odd_images, tmp_path,
+                                                            monkeypatch, capsys):
+    common = ["--source", str(odd_images / "*.png"), "--conf", "0.05", "--max-det", "10", "--device", "cpu",
+              "--save-txt"]
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "ckpt"), *common], monkeypatch,
+                      capsys)
+    assert rc == 0, err
+    rc, stdout, err = _run(["--checkpoint", str(exports[fmt]), "--output", str(tmp_path / fmt), *common], monkeypatch,
+                           capsys)
+    assert rc == 0, err
+    want, got = _predictions(tmp_path / "ckpt"), _predictions(tmp_path / fmt)
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        assert (g["file_name"], g["image_id"], g["category_id"]) == (w["file_name"], w["image_id"], w["category_id"])
+        assert g["score"] == pytest.approx(w["score"], abs=1e-4)
+        assert g["bbox"] == pytest.approx(w["bbox"], abs=0.05)
+    assert sorted(p.name for p in (tmp_path / fmt).iterdir()) == sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+
+
+def test_predictions_of_a_dataset_split_score_with_pycocotools_as_written(checkpoint, tmp_path, monkeypatch, capsys):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from detkit.data.det_synthetic import make_shapes_detection
+
+    root = tmp_path / "shapes"
+    make_shapes_detection(root, n_train=1, n_val=4, min_size=64, max_size=96, seed=3, classes=CLASSES,
+                          category_ids=CATEGORY_IDS, ext=".png", workers=1)
+    annotations = root / "val" / "annotations.json"
+    coco = json.loads(annotations.read_text())
+    new_ids = {image["id"]: 100 + 7 * i for i, image in enumerate(coco["images"])}  # not positions in a file list
+    for image in coco["images"]:
+        image["id"] = new_ids[image["id"]]
+    for ann in coco["annotations"]:
+        ann["image_id"] = new_ids[ann["image_id"]]
+    annotations.write_text(json.dumps(coco))
+    out = tmp_path / "det"
+    rc, stdout, err = _run(["--checkpoint", str(checkpoint), "--source", str(root / "val"), "--output", str(out),
+                            "--conf", "0.01", "--device", "cpu"], monkeypatch, capsys)
+    assert rc == 0, err
+    assert f"image ids of {annotations}" in stdout
+    preds = json.loads((out / "predictions.json").read_text())
+    by_name = {im["file_name"]: im["id"] for im in coco["images"]}
+    assert preds and all(p["image_id"] == by_name[Path(p["file_name"]).name] for p in preds)
+    gt = COCO(str(annotations))
+    dt = gt.loadRes(str(out / "predictions.json"))  # as written: no remapping
+    assert set(dt.getImgIds()) <= set(gt.getImgIds())
+
+    # tools/eval.py scores the file exactly as pycocotools does
+    rc, report, err = run_in_process("eval", ["--predictions", str(out / "predictions.json"), "--annotations",
+                                              str(annotations), "--output", str(tmp_path / "ev")], monkeypatch, capsys)
+    assert rc == 0, err
+    ev = COCOeval(gt, dt, "bbox")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    metrics = json.loads((tmp_path / "ev" / "eval_metrics.json").read_text())
+    assert metrics["val_map"] == pytest.approx(ev.stats[0]) and metrics["val_map50"] == pytest.approx(ev.stats[1])
+    assert f"mAP@[.5:.95] {ev.stats[0]:.4f}" in report and "predictions" in report
+
+    # images elsewhere: --annotations gives the ids; without it they are sequential
+    elsewhere = tmp_path / "copies"
+    elsewhere.mkdir()
+    for f in sorted((root / "val").glob("*.png"))[:2]:
+        (elsewhere / f.name).write_bytes(f.read_bytes())
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(elsewhere), "--output", str(tmp_path / "a"),
+                       "--annotations", str(annotations), "--conf", "0.01", "--device", "cpu"], monkeypatch, capsys)
+    assert rc == 0, err
+    given = json.loads((tmp_path / "a" / "predictions.json").read_text())
+    assert {p["image_id"] for p in given} <= set(by_name.values())
+    rc, _, _ = _run(["--checkpoint", str(checkpoint), "--source", str(elsewhere), "--output", str(tmp_path / "s"),
+                     "--conf", "0.01", "--device", "cpu"], monkeypatch, capsys)
+    assert {p["image_id"] for p in json.loads((tmp_path / "s" / "predictions.json").read_text())} <= {0, 1}
+    rc, _, err = run_in_process("eval", ["--predictions", str(tmp_path / "s" / "predictions.json"), "--annotations",
+                                         str(annotations)], monkeypatch, capsys)
+    assert rc == 2 and "image ids are not in" in err and err.count("\n") == 1
+
+
+def test_save_txt_names_the_labels_and_class_filters_apply(checkpoint, odd_images, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    out = tmp_path / "out"
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(odd_images), "--output", str(out), "--conf",
+                       "0.0", "--classes", "circle", "star", "--conf-class", "star=0.3", "--max-det", "50",
+                       "--device", "cpu", "--save-txt", "--no-images"], monkeypatch, capsys)
+    assert rc == 0, err
+    assert (out / "classes.txt").read_text().splitlines() == CLASSES
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["names"] == dict(enumerate(CLASSES)) and data["coco_category_ids"] == CATEGORY_IDS
+    preds = json.loads((out / "predictions.json").read_text())
+    kept = {CATEGORY_IDS[CLASSES.index(n)] for n in ("circle", "star")}
+    assert preds and {p["category_id"] for p in preds} <= kept
+    assert all(p["score"] > 0.3 for p in preds if p["category_id"] == CATEGORY_IDS[CLASSES.index("star")])
+    predictor = Predictor.from_checkpoint(checkpoint, conf=0.0, max_det=50, keep_classes=["circle", "star"],
+                                          class_conf={"star": 0.3})
+    want = predictor.predict([read_image(odd_images / "gray.png")])[0]
+    assert len([p for p in preds if Path(p["file_name"]).name == "gray.png"]) == len(want["scores"])
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(odd_images), "--output", str(out),
+                       "--conf-class", "star:0.3"], monkeypatch, capsys)
+    assert rc == 2 and "NAME=SCORE" in err
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(odd_images), "--output", str(out),
+                       "--classes", "cat"], monkeypatch, capsys)
+    assert rc == 2 and "unknown class 'cat'" in err
+
+
+def test_detect_refuses_to_write_among_the_sources_and_a_zero_img_size(checkpoint, odd_images, tmp_path, monkeypatch,
+                                                                        capsys):
+    before = sorted(p.name for p in odd_images.iterdir())
+    for output, source in ((odd_images, odd_images), (odd_images / "annotated", odd_images),
+                           (odd_images, odd_images / "gray.png")):
+        rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(source), "--output", str(output),
+                           "--device", "cpu"], monkeypatch, capsys)
+        assert rc == 2 and err.startswith("error: output:") and err.count("\n") == 1, err
+    assert sorted(p.name for p in odd_images.iterdir()) == before
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(odd_images), "--output", str(tmp_path / "o"),
+                       "--img-size", "0"], monkeypatch, capsys)
+    assert rc == 2 and err == "error: img_size: expected a positive int, got 0\n"
+
+
+def test_a_failing_write_is_one_line_and_leaves_no_partial_image(checkpoint, odd_images, tmp_path, monkeypatch,
+                                                                 capsys):
+    import errno
+    import os
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)  # what atomic_write calls before the rename
+    out = tmp_path / "out"
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(odd_images / "gray.png"), "--output",
+                       str(out), "--device", "cpu"], monkeypatch, capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write the results to {out}:") and "No space left on device" in err
+    assert list(out.iterdir()) == []  # neither gray.jpg nor a temporary file
+
+
+def test_detect_on_a_generated_video(checkpoint, tmp_path, monkeypatch, capsys):
+    from video_clips import make_clip
+
+    clip = make_clip(tmp_path / "in" / "clip", frames=6)
+    rc, stdout, err = _run(["--checkpoint", str(checkpoint), "--source", str(clip), "--output", str(tmp_path / "v"),
+                            "--conf", "0.0", "--max-det", "2", "--device", "cpu", "--batch-size", "4"],
+                           monkeypatch, capsys)
+    assert rc == 0, err
+    assert "6 frames, 12 detections" in stdout and "frames/s" in stdout
+    lines = (tmp_path / "v" / "clip.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == list(range(6))
+    video = cv2.VideoCapture(str(tmp_path / "v" / "clip.mp4"))
+    frames = 0
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        frames += 1
+        assert frame.shape == (64, 96, 3)
+    video.release()
+    assert frames == 6
+
+
+def test_detect_with_tiles_runs_the_tiled_predictor(checkpoint, odd_images, tmp_path, monkeypatch, capsys):
+    from detkit.infer import TiledPredictor
+
+    rc, _, err = _run(["--checkpoint", str(checkpoint), "--source", str(odd_images / "rgba.png"), "--output",
+                       str(tmp_path / "t"), "--tile", "32", "--tile-overlap", "0.25", "--tile-full", "--conf", "0.05",
+                       "--device", "cpu"], monkeypatch, capsys)
+    assert rc == 0, err
+    preds = json.loads((tmp_path / "t" / "predictions.json").read_text())
+    tiled = TiledPredictor(Predictor.from_checkpoint(checkpoint, conf=0.05), tile=32, overlap=0.25, full_image=True)
+    want = tiled.predict([read_image(odd_images / "rgba.png")])[0]
+    assert [p["score"] for p in preds] == pytest.approx(want["scores"].tolist(), abs=1e-5)

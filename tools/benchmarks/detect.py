@@ -1,4 +1,5 @@
-"""Detection on the CPU: resnet18_ssd latency vs torchvision detectors, post-processing share, training img/s.
+"""Detection on the CPU: resnet18_ssd latency vs torchvision detectors, post-processing share, training img/s;
+PyTorch / TorchScript / ONNX Runtime latency, video frames/s and tiled inference vs sahi (benchmarks/inference.py).
 
 Latency: the same images (batch 1) through each detector in eval mode (random weights, same thread count);
 median per-image milliseconds, and for resnet18_ssd the share spent in post-processing (decode, threshold,
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import inference
+
 POSTPROCESS_GOAL = 0.10
 REFERENCES = ("torchvision:ssdlite320_mobilenet_v3_large", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn")
 
@@ -31,6 +34,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--skip-train", action="store_true", help="latency only")
     parser.add_argument("--quick", action="store_true", help="fewer images and epochs (a smoke run)")
+    inference.add_args(parser)  # export latency, video frames/s, tiling vs sahi
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.images, args.train_images, args.epochs = min(args.images, 3), min(args.train_images, 16), 1
     _bench_latency(args)
+    inference.run(args)
     if not args.skip_train:
         _bench_training(args)
     return 0
