@@ -132,7 +132,8 @@ def resolve_policy(cfg: ExperimentConfig, *, pretrained: bool, img_size: int) ->
         img_size: the input side in pixels the run trains at.
 
     Returns:
-        ``(resolved config, policy)``; the config has no null policy key left (``optim.lr`` may be ``auto``).
+        ``(resolved config, policy)``; the config has no null policy key left (``optim.lr`` may be ``auto``) and
+        ``train.policy`` names the policy that ran.
     """
     name, reason = choose_policy(cfg.train.policy, pretrained, cfg.model.weights)
     optim, filled = fill_optim(cfg.optim, name)
@@ -147,7 +148,8 @@ def resolve_policy(cfg: ExperimentConfig, *, pretrained: bool, img_size: int) ->
         cfg = dataclasses.replace(cfg, detect=dataclasses.replace(cfg.detect, augment=aug))
     else:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, augment=aug))
-    return dataclasses.replace(cfg, optim=optim), StartPolicy(name, reason, filled)
+    train = dataclasses.replace(cfg.train, policy=name)  # config.yaml records which policy ran
+    return dataclasses.replace(cfg, optim=optim, train=train), StartPolicy(name, reason, filled)
 
 
 def policy_keys() -> list[str]:

@@ -37,7 +37,7 @@ def test_scratch_and_finetune_fill_the_null_keys_differently():
     assert (scratch.optim.name, scratch.optim.head_lr_mult, scratch.optim.weight_decay) == ("adamw", 1.0, 0.05)
     assert scratch.optim.lr == pytest.approx(2e-3)
     assert scratch.data.augment.preset == "light" and scratch.data.augment.hflip_p == 0.0
-    assert policy.name == "scratch" and policy.filled["optim.name"] == "adamw"
+    assert policy.name == "scratch" and policy.filled["optim.name"] == "adamw" and scratch.train.policy == "scratch"
     finetune, policy = resolve_policy(cfg, pretrained=True, img_size=224)
     assert (finetune.optim.name, finetune.optim.lr, finetune.optim.head_lr_mult) == ("sgd", 0.01, 10.0)
     assert finetune.optim.weight_decay == pytest.approx(1e-4)

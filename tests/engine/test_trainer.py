@@ -64,7 +64,7 @@ def test_fit_writes_the_run_directory(tmp_path):
     saved = load_config(out / "config.yaml")
     assert (saved.optim.name, saved.optim.head_lr_mult, saved.optim.lr) == ("adamw", 1.0, 0.05)
     assert saved.data.augment.preset == "light" and saved.data.augment.hflip_p == 0.0
-    assert saved.train == cfg.train and saved.data.root == cfg.data.root
+    assert saved.train.policy == "scratch" and saved.data.root == cfg.data.root and saved.train.epochs == cfg.train.epochs
     assert (out / "config.yaml").read_text().startswith("# training policy from scratch (random init: weights none)")
 
     metrics = json.loads((out / "metrics.json").read_text())
