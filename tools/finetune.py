@@ -1,13 +1,18 @@
-"""Train a classifier or a detector from a YAML recipe, dotted overrides and flags; the run lands in --output.
+"""Fine-tune (or train from scratch) a classifier or detector from a YAML recipe, dotted overrides and flags; the
+run lands in --output.
 
 Examples:
     python tools/finetune.py --config configs/shapes_cls_resnet18.yaml
     python tools/finetune.py --config configs/shapes_cls_resnet18.yaml optim.lr=0.02 train.epochs=3
     python tools/finetune.py --data data/shapes --model resnet18 --weights none --epochs 2 --output runs/quick
+    python tools/finetune.py --data data/shapes --weights none --lr auto --output runs/lr_auto
+    python tools/finetune.py --data data/shapes --weights none --folds 5 --output runs/cv
     python tools/finetune.py --config configs/shapes_cls_resnet18.yaml --resume auto
     torchrun --nproc_per_node=2 tools/finetune.py --config configs/shapes_cls_resnet18.yaml --device cpu
 
-Precedence: recipe file < dotted KEY=VALUE overrides < flags. Every key is listed in configs/README.md.
+Precedence: recipe file < dotted KEY=VALUE overrides < flags. Keys left null are filled by the start policy
+(fine-tuning when pretrained weights were loaded, from scratch otherwise), logged and written to OUTPUT/config.yaml.
+Every key is listed in configs/README.md.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="training epochs (train.epochs)")
     parser.add_argument("--batch-size", type=int, help="images per batch and process (data.batch_size)")
     parser.add_argument("--img-size", type=int, help="network input side in pixels (data.img_size)")
-    parser.add_argument("--lr", type=float, help="base learning rate (optim.lr)")
+    parser.add_argument("--lr", type=_lr_value, help="base learning rate (optim.lr), or auto: the LR finder's "
+                        "suggestion (plot and JSON in OUTPUT/lr_find/)")
     parser.add_argument("--output", help="run directory (train.output)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes (data.workers)")
@@ -62,9 +68,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="deterministic kernels and cuDNN (train.deterministic; slower)")
     parser.add_argument("--exist-ok", action="store_true", default=None,
                         help="train into an --output that already holds a run, replacing it (train.exist_ok)")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="K-fold cross-validation of the train split: K runs in OUTPUT/fold_<i>/, the table in "
+                             "OUTPUT/kfold.csv and kfold.json (as tools/kfold.py)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="console log level")
     return parser
+
+
+def _lr_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
 def flag_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
@@ -80,6 +98,14 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level if rank == 0 else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = load_config(args.config, [*args.overrides, *flag_overrides(args)])
+    if args.folds is not None:
+        from detkit.engine.kfold import format_kfold_table, run_kfold
+
+        result = run_kfold(cfg, args.folds)
+        if rank == 0:
+            print(format_kfold_table(result))
+            print(f"k-fold table: {Path(cfg.train.output) / 'kfold.csv'} and kfold.json")
+        return 0
     result = run_experiment(cfg)
     best = result.get("best") or {}
     if rank == 0:

@@ -262,7 +262,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str | tuple[
     return apply_overrides(config_from_dict(data), overrides)
 
 
-def save_config(cfg: ExperimentConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML (atomically) and return its path."""
+def save_config(cfg: ExperimentConfig, path: str | Path, header: str | None = None) -> Path:
+    """Write the resolved config as YAML (atomically) and return its path; ``header`` lines become comments."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    if header:
+        text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     return atomic_write_text(path, text)

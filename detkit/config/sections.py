@@ -54,6 +54,9 @@ class DataConfig:
     stats_max_images: int = 500  # train images sampled to compute mean/std when they are needed
     scan: bool = True  # scan every image upfront and skip unreadable files (reported in the run summary)
     scan_workers: int | None = None  # threads for the upfront scan (null: CPU count)
+    sampler: str = "shuffle"  # training order: shuffle (each image once per epoch) or balanced (images drawn with replacement, every class equally often)
+    kfold: int | None = None  # K-fold cross-validation: split the train split into this many folds, validate on one (null: off; tools/kfold.py sets it)
+    fold: int = 0  # with kfold: the fold validated on (0 .. kfold-1); the other folds train, val_split is not used
     augment: ClassificationAugment = field(default_factory=ClassificationAugment)  # train-time augmentation and eval resize
     # dataset layout: explicit keys win over the layout recognised under root (relative paths are under root)
     format: str = "auto"  # dataset format: auto (recognised), coco, yolo or voc (detection), folder or list (classification)
@@ -92,17 +95,21 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser and per-stage learning rates (``optim:`` section of a config)."""
 
-    name: str = "sgd"  # one of sgd, adam, adamw, rmsprop, adagrad, adadelta
-    lr: float = 0.01  # base learning rate (backbone stages; the head gets lr * head_lr_mult)
+    name: str | None = None  # one of sgd, adam, adamw, rmsprop, adagrad, adadelta (null: the start policy's: sgd fine-tuning, adamw from scratch)
+    lr: float | str | None = None  # base learning rate of the backbone stages (null: the policy's for the optimiser; auto: the LR finder's suggestion)
     momentum: float = 0.9  # momentum for sgd and rmsprop
     nesterov: bool = False  # Nesterov momentum (sgd only; needs momentum > 0)
-    weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw) on weights that are not norm/bias
+    weight_decay: float | None = None  # L2 penalty (decoupled for adamw) on weights that are not norm/bias (null: the policy's for the optimiser)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW moment decay rates
     eps: float = 1e-8  # numerical epsilon of adam, adamw, rmsprop, adagrad, adadelta
-    head_lr_mult: float = 10.0  # head lr = lr * head_lr_mult (ignored for stages set by layer_decay/group_lrs)
+    head_lr_mult: float | None = None  # head lr = lr * head_lr_mult (null: 10 fine-tuning, 1 from scratch; ignored for stages set by layer_decay/group_lrs)
     layer_decay: float | None = None  # if set, stage lr = lr * layer_decay ** (distance from head); head gets lr
     group_lrs: dict[str, float] | None = None  # explicit lr per stage name, e.g. {layer4: 0.01}; wins over the rest
     no_decay_norm_bias: bool = True  # no weight decay on normalisation-layer and bias parameters
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr, str) and self.lr != "auto":
+            raise ValueError(f"optim.lr: expected a number, null or auto, got {self.lr!r}")
 
 
 @dataclass
@@ -149,6 +156,13 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard events to <output>/tensorboard
     log_every: int = 0  # also log train loss every N optimiser steps (0: once per epoch)
     exist_ok: bool = False  # train into an output folder that already holds a run (its checkpoints and metrics are replaced); without it such a run is refused unless resumed
+    policy: str = "auto"  # which defaults fill the null keys: auto (finetune when pretrained weights were loaded, else scratch), finetune or scratch
+    ema: bool = False  # keep an exponential moving average of the weights; validated and saved as the checkpoint's weights
+    ema_decay: float = 0.9998  # EMA decay per optimiser step (the average spans about 1 / (1 - decay) steps)
+    ema_warmup: bool = True  # EMA decay ramps up as 1 - (1 + step) ** -2/3 (capped at ema_decay), so early weights fade fast
+    patience: int | None = None  # early stopping: stop after this many epochs without improvement of the best metric (null: off)
+    min_delta: float = 0.0  # early stopping: smallest change of the best metric that counts as an improvement
+    class_weights: str = "none"  # classification loss weights: none, or auto (N / (C * n_c): inverse class frequency of the train set, averaging 1 over its images)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -165,6 +179,15 @@ class TrainConfig:
             raise ValueError(f"train.label_smoothing: expected a value in [0, 1), got {self.label_smoothing}")
         if self.log_every < 0:
             raise ValueError(f"train.log_every: expected >= 0, got {self.log_every}")
+        if self.policy not in ("auto", "finetune", "scratch"):
+            raise ValueError(f"train.policy: expected auto, finetune or scratch, got {self.policy!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"train.patience: expected an integer >= 1 or null, got {self.patience!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay: expected a value in [0, 1), got {self.ema_decay}")
+        if self.class_weights not in ("none", "auto"):
+            raise ValueError(f"train.class_weights: expected none or auto, got {self.class_weights!r}")
 
 
 @dataclass
@@ -178,7 +201,10 @@ class DetectConfig:
     box_loss: str = "smooth_l1"  # SSD box loss on positives: smooth_l1 (on encoded offsets) or giou
     neg_pos_ratio: float = 3.0  # SSD hard negatives per positive (cls_loss ce)
     box_weight: float = 1.0  # SSD factor of the box loss in the total loss
-    first_level: str = "layer3"  # ResNet-SSD's finest level: layer3 (stride 16) or layer2 (stride 8, small objects)
+    first_level: str = "auto"  # ResNet-SSD's finest level: layer3 (stride 16), layer2 (stride 8, small objects) or auto (the better anchor coverage of the train boxes)
+    anchor_fit: bool = True  # fit the default boxes' scales and ratios to the train set's boxes when anchor_scales/anchor_ratios are null (ResNet-SSDs)
+    anchor_scales: list[float] | None = None  # ResNet-SSD default-box scales, one per level plus one, as fractions of the input side (null: fitted, or SSD's 0.1 .. 0.9)
+    anchor_ratios: list[list[float]] | None = None  # ResNet-SSD aspect ratios (width / height, each also transposed) per level (null: fitted, or SSD's [2] / [2, 3])
     grid_images: int = 8  # val images in val_predictions.png (predictions beside ground truth; 0: no grid)
     grid_score: float = 0.3  # score from which a prediction is drawn in the grid
     augment: DetectionAugment = field(default_factory=DetectionAugment)  # train-time box-aware augmentation
@@ -194,8 +220,13 @@ class DetectConfig:
         for name in ("max_det", "topk_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"detect.{name}: expected an integer >= 1, got {getattr(self, name)}")
-        if self.first_level not in FIRST_LEVELS:
-            raise ValueError(f"detect.first_level: expected one of {FIRST_LEVELS}, got {self.first_level!r}")
+        if self.first_level not in (*FIRST_LEVELS, "auto"):
+            raise ValueError(f"detect.first_level: expected auto or one of {FIRST_LEVELS}, got {self.first_level!r}")
+        if self.anchor_scales is not None and (len(self.anchor_scales) < 2 or any(s <= 0 for s in self.anchor_scales)):
+            raise ValueError(f"detect.anchor_scales: expected positive fractions, one per level plus one, "
+                             f"got {self.anchor_scales}")
+        if self.anchor_ratios is not None and any(r <= 0 for level in self.anchor_ratios for r in level):
+            raise ValueError(f"detect.anchor_ratios: expected positive ratios per level, got {self.anchor_ratios}")
         if self.grid_images < 0:
             raise ValueError(f"detect.grid_images: expected >= 0, got {self.grid_images}")
 

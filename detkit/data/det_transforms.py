@@ -1,4 +1,5 @@
-"""Box-aware image transforms for detection: albumentations training pipelines and exact letterbox/resize.
+"""Box-aware image transforms for detection: albumentations training pipelines (presets, mosaic) and exact
+letterbox/resize.
 
 Eval letterbox/resize is done here, not by albumentations, so predictions map back to the original image exactly.
 """
@@ -18,16 +19,21 @@ from torch import Tensor
 
 from detkit.config.augment import DetectionAugment
 from detkit.config.sections import RESIZE_MODES
+from detkit.data.images import read_image
+from detkit.data.transforms import MIRROR_NOTE, step_line
 
 __all__ = [
     "DetectionAugment",
     "EvalDetectionTransform",
     "LetterboxParams",
+    "MosaicTransform",
     "bbox_params",
     "build_detection_transforms",
+    "describe_detection_augment",
     "letterbox_boxes",
     "letterbox_image",
     "letterbox_params",
+    "mosaic",
     "resize_image",
     "resize_params",
     "unletterbox_boxes",
@@ -329,14 +335,17 @@ def build_detection_transforms(
     aug: DetectionAugment | None = None,
     resize_mode: str = "letterbox",
     seed: int | None = None,
-) -> A.Compose | EvalDetectionTransform:
+    mosaic_source: Sequence[Any] | None = None,
+) -> A.Compose | EvalDetectionTransform | MosaicTransform:
     """Detection transforms producing ``Tensor[3, img_size, img_size]`` float32 and boxes in output pixels.
 
     Train (albumentations, boxes handled by ``BboxParams(format="pascal_voc", label_fields=["labels"])``):
     box-safe random crop (``A.RandomSizedBBoxSafeCrop``, resized to the square) or letterbox
     (``LongestMaxSize`` + centred ``PadIfNeeded``), then zoom/shift (``A.Affine``, keep ratio), flips,
     colour jitter, ``Normalize(mean, std)``, ``ToTensorV2``. Boxes cut below ``aug.min_visibility`` or
-    ``aug.min_area`` are dropped with their labels.
+    ``aug.min_area`` are dropped with their labels. Options left null come from ``aug.preset`` (``auto``:
+    ``standard``). With ``aug.mosaic_p > 0`` and a ``mosaic_source``, a :class:`MosaicTransform` puts the sample
+    and 3 random others on a 2 x 2 mosaic (:func:`mosaic`) first, with that probability.
 
     Eval: :class:`EvalDetectionTransform` (exact letterbox or resize, parameters returned).
 
@@ -350,13 +359,27 @@ def build_detection_transforms(
         aug: training options (defaults when ``None``); its ``fill`` is also the eval padding value.
         resize_mode: eval geometry, ``"letterbox"`` or ``"resize"``.
         seed: seed of the albumentations random state for reproducible training pipelines.
+        mosaic_source: the training samples mosaic partners are drawn from: objects with ``path``, ``boxes``
+            (``ndarray[K, 4]`` ``(x1, y1, x2, y2)`` pixels) and ``labels`` (``ndarray[K]``), e.g. a
+            :class:`~detkit.data.detection.DetectionDataset`'s ``records``. Without it mosaic stays off.
     """
-    aug = aug if aug is not None else DetectionAugment()
+    aug = (aug if aug is not None else DetectionAugment()).resolved()
     img_size = _check_size(img_size)
     if not train:
         return EvalDetectionTransform(img_size, mode=resize_mode, mean=mean, std=std, fill=aug.fill)
+    steps = _train_steps(img_size, mean, std, aug)
+    params = bbox_params(aug.min_visibility, aug.min_area)
+    pipeline = A.Compose(steps, bbox_params=params, seed=seed)
+    if aug.mosaic_p <= 0 or not mosaic_source:
+        return pipeline
+    return MosaicTransform(pipeline, mosaic_source, aug.mosaic_p, img_size, fill=aug.fill,
+                           min_visibility=aug.min_visibility, seed=seed)
+
+
+def _train_steps(img_size: int, mean: Sequence[float], std: Sequence[float], aug: DetectionAugment
+                 ) -> list[A.BasicTransform]:
     lo, hi = aug.scale_range
-    steps: list[A.BasicTransform] = [
+    return [
         A.RandomSizedBBoxSafeCrop(height=img_size, width=img_size, erosion_rate=aug.crop_erosion, p=aug.crop_p),
         A.LongestMaxSize(max_size=img_size),
         A.PadIfNeeded(
@@ -381,4 +404,109 @@ def build_detection_transforms(
         ),
         *_normalize_to_tensor(mean, std),
     ]
-    return A.Compose(steps, bbox_params=bbox_params(aug.min_visibility, aug.min_area), seed=seed)
+
+
+def mosaic(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray], size: int,
+           centre: tuple[float, float], fill: int = 114, min_visibility: float = 0.3
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2 x 2 mosaic (YOLOv4): four images letterboxed into the quadrants of a ``2 size`` square, cropped to
+    ``size x size`` around ``centre``.
+
+    Each image keeps the scale of its own letterbox (objects look as large as in a letterboxed eval image). A box
+    is clipped to the crop and kept when at least ``min_visibility`` of its letterboxed area stays in view.
+
+    Args:
+        images: four ``ndarray[H, W, 3]`` uint8 images (top-left, top-right, bottom-left, bottom-right).
+        boxes: their ``ndarray[K, 4]`` boxes in ``(x1, y1, x2, y2)`` pixels.
+        labels: their ``ndarray[K]`` labels.
+        size: side of the output square.
+        centre: ``(x, y)`` of the crop centre on the ``2 size`` canvas, each in ``[size / 2, 3 size / 2]``.
+        fill: grey level of the padding.
+        min_visibility: share of a box's area that must stay in view.
+
+    Returns:
+        ``(image ndarray[size, size, 3] uint8, boxes ndarray[M, 4] float32 in output pixels, labels ndarray[M])``.
+    """
+    if len(images) != 4 or len(boxes) != 4 or len(labels) != 4:
+        raise ValueError(f"mosaic: expected 4 images, boxes and labels, got {len(images)}, {len(boxes)}, {len(labels)}")
+    canvas = np.full((2 * size, 2 * size, 3), fill, np.uint8)
+    x0, y0 = int(round(centre[0] - size / 2)), int(round(centre[1] - size / 2))
+    if not (0 <= x0 <= size and 0 <= y0 <= size):
+        raise ValueError(f"centre: expected x and y in [{size / 2}, {3 * size / 2}], got {centre}")
+    kept_boxes, kept_labels = [], []
+    for k, (image, b, lab) in enumerate(zip(images, boxes, labels)):
+        square, params = letterbox_image(image, size, fill)
+        ox, oy = (k % 2) * size, (k // 2) * size
+        canvas[oy:oy + size, ox:ox + size] = square
+        placed = letterbox_boxes(np.asarray(b, np.float32).reshape(-1, 4), params) + np.array([ox, oy, ox, oy],
+                                                                                                np.float32)
+        shifted = placed - np.array([x0, y0, x0, y0], np.float32)  # (K, 4) in crop pixels
+        clipped = np.clip(shifted, 0, size)
+        area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+        seen = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+        keep = (seen > 0) & (seen >= min_visibility * area)
+        kept_boxes.append(clipped[keep])
+        kept_labels.append(np.asarray(lab).reshape(-1)[keep])
+    image = canvas[y0:y0 + size, x0:x0 + size].copy()
+    return image, np.concatenate(kept_boxes).astype(np.float32), np.concatenate(kept_labels)
+
+
+class MosaicTransform:
+    """A training pipeline that, with probability ``p``, first builds a :func:`mosaic` of the sample and 3 others.
+
+    Called like the albumentations ``Compose`` it wraps (``t(image=..., bboxes=..., labels=...)``); the mosaic
+    (``size x size``) then goes through that pipeline (its letterbox is a no-op, zoom, flips and colour apply).
+    Partners are read from ``source`` only when the mosaic fires; the sample takes a random quadrant.
+
+    Args:
+        pipeline: the training pipeline.
+        source: samples with ``path``, ``boxes`` ``ndarray[K, 4]`` and ``labels`` ``ndarray[K]``.
+        p: probability of a mosaic.
+        size: side of the square output.
+        fill: padding grey level.
+        min_visibility: share of a box's area that must stay in view.
+        seed: seed of the mosaic's own draws and of the pipeline (:meth:`set_random_seed` reseeds both).
+    """
+
+    def __init__(self, pipeline: A.Compose, source: Sequence[Any], p: float, size: int, fill: int = 114,
+                 min_visibility: float = 0.3, seed: int | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: expected a probability in [0, 1], got {p}")
+        self.pipeline, self.source, self.p, self.size = pipeline, source, float(p), _check_size(size)
+        self.fill, self.min_visibility = fill, min_visibility
+        self.rng = np.random.default_rng(seed)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed the mosaic's draws and the pipeline (what the datasets' reseeding calls)."""
+        self.rng = np.random.default_rng(seed)
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, *, image: np.ndarray, bboxes: np.ndarray, labels: Sequence[int]) -> dict[str, Any]:
+        if self.rng.random() < self.p:
+            partners = [self.source[int(i)] for i in self.rng.integers(0, len(self.source), size=3)]
+            items = [(read_image(s.path), s.boxes, s.labels) for s in partners]
+            items.insert(int(self.rng.integers(4)), (image, bboxes, labels))
+            centre = tuple(self.rng.uniform(0.5 * self.size, 1.5 * self.size, size=2))
+            image, bboxes, labels = mosaic(*zip(*items), self.size, centre, self.fill, self.min_visibility)
+        return self.pipeline(image=image, bboxes=bboxes, labels=labels)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, partners from {len(self.source)} samples, {self.pipeline!r})"
+
+
+def describe_detection_augment(aug: DetectionAugment, prefix: str = "detect.augment") -> list[str]:
+    """The enabled detection training transforms in words, each with the key that turns it off (run summary)."""
+    a = aug.resolved()
+    steps = [
+        (a.mosaic_p > 0, f"Mosaic 2 x 2 p={a.mosaic_p:g}", "mosaic_p=0", ""),
+        (a.crop_p > 0, f"box-safe crop p={a.crop_p:g}", "crop_p=0", ""),
+        (a.scale_p > 0, f"zoom {_range(a.scale_range)} with shift {a.translate:g} p={a.scale_p:g}", "scale_p=0", ""),
+        (a.hflip_p > 0, f"HorizontalFlip p={a.hflip_p:g}", "hflip_p=0", MIRROR_NOTE),
+        (a.vflip_p > 0, f"VerticalFlip p={a.vflip_p:g}", "vflip_p=0", MIRROR_NOTE),
+        (a.color_p > 0, f"ColorJitter p={a.color_p:g}", "color_p=0", ""),
+    ]
+    return [step_line(text, off, note, prefix) for on, text, off, note in steps if on]
+
+
+def _range(values: Sequence[float]) -> str:
+    return f"[{values[0]:.3g}, {values[1]:.3g}]"

@@ -1,11 +1,12 @@
 """Experiments from an ``ExperimentConfig``: datasets, loaders, model, optimiser, schedule, freezer, trainer; run them.
 
-``build_experiment`` resolves the config step by step (start, data, model, normalisation, loaders, trainer);
-``run_experiment`` trains it with the run's log and resolved config written to its folder.
+``build_experiment`` resolves the config step by step (start, data, model, start policy, normalisation, loaders,
+trainer); ``run_experiment`` trains it with the run's log and resolved config written to its folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -22,7 +23,11 @@ from detkit.collectives import all_gather_objects, barrier
 from detkit.config.core import config_to_dict, save_config
 from detkit.config.sections import DataConfig, ExperimentConfig
 from detkit.data.cache import attach_image_cache
+from detkit.data.det_transforms import describe_detection_augment
+from detkit.data.folds import fold_indices
+from detkit.data.sampling import class_counts, image_labels
 from detkit.data.stats import compute_mean_std
+from detkit.data.transforms import describe_classification_augment
 from detkit.engine.distributed import (
     DistInfo,
     cleanup_distributed,
@@ -31,10 +36,12 @@ from detkit.engine.distributed import (
 )
 from detkit.engine.freeze import Freezer
 from detkit.engine.loaders import build_loader
+from detkit.engine.lr_finder import find_lr, save_lr_find
 from detkit.engine.optim import build_optimizer
+from detkit.engine.policy import StartPolicy, default_lr, fill_from, resolve_policy
 from detkit.engine.schedule import build_scheduler
 from detkit.engine.tasks import Task, get_task
-from detkit.engine.trainer import Hook, Trainer, seed_everything
+from detkit.engine.trainer import Hook, Trainer, resolve_amp_dtype, seed_everything
 from detkit.errors import USER_ERRORS, one_line
 from detkit.models.checkpoint import (
     checkpoint_config,
@@ -77,6 +84,7 @@ class Experiment:
     normalization: dict[str, Any]
     dist_info: DistInfo
     summary: dict[str, Any] = field(default_factory=dict)
+    policy: StartPolicy | None = None
 
 
 def build_task(cfg: ExperimentConfig, classes: list[str], **datasets: Any) -> Task:
@@ -149,8 +157,12 @@ def build_experiment(cfg: ExperimentConfig, *, dist_info: DistInfo | None = None
                      hooks: Sequence[Hook] = ()) -> Experiment:
     """Build datasets, loaders, model, optimiser, scheduler, freezer and trainer from ``cfg``.
 
-    With ``cfg.train.resume`` set, the model, optimiser, scheduler, scaler, RNG and history are
-    restored from the checkpoint (its normalisation and model metadata are reused).
+    Keys left null (or ``auto``) are resolved on the way, and the returned ``Experiment.cfg`` holds their values:
+    the task's (detection: first level and default boxes from the train boxes), then the start policy's
+    (:func:`detkit.engine.policy.resolve_policy`, by whether pretrained weights were actually loaded), then an
+    ``optim.lr: auto`` from the LR finder. With ``cfg.train.resume`` set, the model, optimiser, scheduler, scaler,
+    RNG and history are restored from the checkpoint (its normalisation, model metadata and resolved keys are
+    reused).
     """
     dist_info = dist_info or DistInfo()
     device = resolve_device(cfg.train.device, dist_info.local_rank)
@@ -160,31 +172,70 @@ def build_experiment(cfg: ExperimentConfig, *, dist_info: DistInfo | None = None
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
         check_resume_fits(cfg, ckpt, resume)
+        cfg = fill_from(cfg, checkpoint_config(ckpt))
 
     task, train_set, val_set = _build_data(cfg, ckpt, resume)
-    seed_everything(cfg.train.seed)  # the head's init must not depend on how many files were scanned
-    model = _build_model(cfg, task, ckpt, dist_info)
+    cfg, task, model, img_size, facts = _build_model_for_data(cfg, task, train_set, val_set, ckpt, dist_info)
     meta = ModelMeta.of(model)
-    img_size = cfg.data.img_size or (meta.input_size if meta else None) or DEFAULT_IMG_SIZE
     smallest = getattr(model, "min_input_size", 1)
     if img_size < smallest:
         raise ValueError(f"data.img_size: {cfg.model.name} needs inputs of at least {smallest} px, got {img_size}")
+    cfg, policy = resolve_policy(cfg, pretrained=bool(meta and meta.pretrained), img_size=img_size)
+    task = build_task(cfg, list(task.classes), train_set=train_set, val_set=val_set)
     if ckpt is not None and ckpt.get("normalization"):
         normalization = dict(ckpt["normalization"])
     else:
         normalization = resolve_normalization(meta or {}, cfg.data, train_set)
         # every rank must normalise alike; rank 0's values win should sampling ever differ
         normalization = all_gather_objects(normalization)[0]
-    train_set.transform = task.build_transform(cfg.data, img_size, normalization, train=True)
+    train_set.transform = task.build_transform(cfg.data, img_size, normalization, train=True, dataset=train_set)
     if val_set is not None:
         val_set.transform = task.build_transform(cfg.data, img_size, normalization, train=False)
 
     summary = _run_summary(cfg, task, meta, img_size, normalization, train_set, val_set, device, dist_info)
-    trainer = _build_trainer(cfg, task, model, train_set, val_set, normalization, summary, device, dist_info, hooks)
+    summary.update(facts, policy=policy.name, policy_reason=policy.reason, policy_filled=policy.filled)
+    _log_start(cfg, task, policy, train_set, val_set)
+    cfg, trainer = _build_trainer(cfg, task, model, train_set, val_set, normalization, summary, device, dist_info,
+                                  hooks)
     if resume is not None:
         trainer.resume(resume)
     return Experiment(cfg=cfg, task=task, model=model, trainer=trainer, train_set=train_set, val_set=val_set,
-                      normalization=normalization, dist_info=dist_info, summary=summary)
+                      normalization=normalization, dist_info=dist_info, summary=summary, policy=policy)
+
+
+def _build_model_for_data(cfg: ExperimentConfig, task: Task, train_set: Any, val_set: Any | None,
+                          ckpt: dict[str, Any] | None, dist_info: DistInfo
+                          ) -> tuple[ExperimentConfig, Task, nn.Module, int, dict[str, Any]]:
+    """The model, after the task has filled the keys the train set decides (a new run only); the model is built
+    again when they change it (e.g. fitted default boxes). Returns ``(cfg, task, model, img_size, facts)``."""
+    seed_everything(cfg.train.seed)  # the head's init must not depend on how many files were scanned
+    model = _build_model(cfg, task, ckpt, dist_info)
+    meta = ModelMeta.of(model)
+    img_size = cfg.data.img_size or (meta.input_size if meta else None) or DEFAULT_IMG_SIZE
+    facts: dict[str, Any] = {}
+    if ckpt is None:
+        resolved, facts = task.resolve_config(cfg, train_set, img_size)
+        if resolved != cfg:
+            cfg, task = resolved, build_task(resolved, list(task.classes), train_set=train_set, val_set=val_set)
+            seed_everything(cfg.train.seed)
+            model = _build_model(cfg, task, ckpt, dist_info)
+    return cfg, task, model, img_size, facts
+
+
+def _log_start(cfg: ExperimentConfig, task: Task, policy: StartPolicy, train_set: Any, val_set: Any | None) -> None:
+    """Log once, before training: the policy in words, the class counts, and each enabled augmentation."""
+    logger.info("%s", policy.describe())
+    for name, split in (("train", train_set), ("val", val_set)):
+        if split is not None:
+            counts = class_counts(image_labels(split), len(task.classes))
+            unit = "boxes" if cfg.task == "detect" else "images"
+            logger.info("%s %s per class: %s", name, unit, ", ".join(f"{c} {n}" for c, n in zip(task.classes, counts)))
+    if cfg.task == "detect":
+        lines, section = describe_detection_augment(cfg.detect.augment), "detect.augment"
+    else:
+        lines, section = describe_classification_augment(cfg.data.augment), "data.augment"
+    preset = (cfg.detect.augment if cfg.task == "detect" else cfg.data.augment).preset
+    logger.info("train augmentation (%s.preset: %s): %s", section, preset, "; ".join(lines) or "none")
 
 
 def check_resume_fits(cfg: ExperimentConfig, ckpt: dict[str, Any], path: Path) -> None:
@@ -203,13 +254,27 @@ def _build_data(cfg: ExperimentConfig, ckpt: dict[str, Any] | None, resume: Path
     data_cfg = cfg.data
     task_cls = get_task(cfg.task)
     train_set = task_cls.load_split(data_cfg, data_cfg.train_split)
-    val_set = task_cls.load_split(data_cfg, data_cfg.val_split, train_set.classes) if data_cfg.val_split else None
     classes = list(train_set.classes)
+    if data_cfg.kfold is not None:  # both splits are folds of the train split; val_split is not read
+        train_set, val_set = _fold_splits(cfg, classes, train_set)
+    else:
+        val_set = task_cls.load_split(data_cfg, data_cfg.val_split, train_set.classes) if data_cfg.val_split else None
     if ckpt is not None and ckpt.get("classes") and list(ckpt["classes"]) != classes:
         raise ValueError(f"train.resume: checkpoint {resume} was trained on classes {ckpt['classes']}, "
                          f"but {data_cfg.root} has {classes}")
     attach_image_cache(data_cfg, [train_set, val_set])  # data.cache: ram decodes every image once, here
     return build_task(cfg, classes, train_set=train_set, val_set=val_set), train_set, val_set
+
+
+def _fold_splits(cfg: ExperimentConfig, classes: list[str], full: Any) -> tuple[Any, Any]:
+    """Train and validation parts of fold ``data.fold`` of ``data.kfold`` (stratified by class for classification,
+    by image for detection; seeded by ``train.seed``)."""
+    labels = [sample[0] if cfg.task == "classify" else None for sample in image_labels(full)]
+    train_idx, val_idx = fold_indices(labels, cfg.data.kfold, cfg.data.fold, seed=cfg.train.seed)
+    task = build_task(cfg, classes, train_set=full)
+    logger.info("fold %d of %d: %d train, %d val images from %s", cfg.data.fold, cfg.data.kfold, len(train_idx),
+                len(val_idx), cfg.data.train_split)
+    return task.subset(full, train_idx), task.subset(full, val_idx)
 
 
 def _build_model(cfg: ExperimentConfig, task: Task, ckpt: dict[str, Any] | None, dist_info: DistInfo) -> nn.Module:
@@ -253,17 +318,20 @@ def _run_summary(cfg: ExperimentConfig, task: Task, meta: ModelMeta | None, img_
 
 def _build_trainer(cfg: ExperimentConfig, task: Task, model: nn.Module, train_set: Any, val_set: Any | None,
                    normalization: dict[str, Any], summary: dict[str, Any], device: torch.device,
-                   dist_info: DistInfo, hooks: Sequence[Hook]) -> Trainer:
-    """Loaders, optimiser over per-stage groups, schedule, freezer and the trainer holding them."""
+                   dist_info: DistInfo, hooks: Sequence[Hook]) -> tuple[ExperimentConfig, Trainer]:
+    """Loaders, optimiser over per-stage groups (``optim.lr: auto`` first replaced by the LR finder's
+    suggestion), schedule, freezer and the trainer holding them; returns the config with that lr."""
     train_loader = build_loader(train_set, task, cfg.data, train=True, device=device, seed=cfg.train.seed,
                                 dist_info=dist_info)
     val_loader = (build_loader(val_set, task, cfg.data, train=False, device=device, dist_info=dist_info)
                   if val_set is not None else None)
     model.to(device)
+    if cfg.optim.lr == "auto":
+        cfg = _find_lr(cfg, task, model, train_loader, summary, device, dist_info)
     optimizer = build_optimizer(model, cfg.optim)
     steps_per_epoch = -(-len(train_loader) // cfg.train.accumulate)
     scheduler = build_scheduler(optimizer, cfg.schedule, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch)
-    return Trainer(
+    return cfg, Trainer(
         model, task, optimizer, train_loader, val_loader, cfg=cfg.train, scheduler=scheduler,
         freezer=Freezer(model, cfg.freeze), device=device, config=config_to_dict(cfg), classes=list(task.classes),
         normalization={"mean": normalization["mean"], "std": normalization["std"]}, summary=summary,
@@ -293,6 +361,24 @@ def check_output_folder(cfg: ExperimentConfig) -> None:
         probe.unlink()
     except OSError as err:
         raise PermissionError(f"train.output: cannot write to {output}: {err.strerror or err}") from err
+
+
+def _find_lr(cfg: ExperimentConfig, task: Task, model: nn.Module, loader: Any, summary: dict[str, Any],
+             device: torch.device, dist_info: DistInfo) -> ExperimentConfig:
+    """``cfg`` with ``optim.lr: auto`` replaced by the LR finder's suggestion (plot and JSON in OUTPUT/lr_find/)."""
+    if dist_info.world_size > 1:
+        raise ValueError("optim.lr: auto runs the LR finder in one process; run tools/lr_find.py first and set "
+                         "optim.lr to its suggestion for a torchrun run")
+    provisional = dataclasses.replace(cfg.optim, lr=default_lr(summary.get("policy", "scratch"), cfg.optim.name))
+    optimizer = build_optimizer(model, provisional)
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
+    result = find_lr(model, task, optimizer, loader, base_lr=provisional.lr, device=device, amp_dtype=amp_dtype)
+    save_lr_find(result, Path(cfg.train.output) / "lr_find")
+    summary["lr_find"] = {"suggestion": result.suggestion, "valley": result.valley, "steepest": result.steepest,
+                          "stopped": result.stopped}
+    logger.info("optim.lr: auto -> %.3g (LR finder; plot in %s)", result.suggestion,
+                Path(cfg.train.output) / "lr_find" / "lr_find.png")
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=float(result.suggestion)))
 
 
 @contextmanager
@@ -332,9 +418,10 @@ def run_experiment(cfg: ExperimentConfig, hooks: Sequence[Hook] = ()) -> dict[st
     dist_info = init_distributed(cfg.train.device)
     try:
         with _run_log(output, dist_info.is_main):
-            if dist_info.is_main:
-                save_config(cfg, output / "config.yaml")
             experiment = build_experiment(cfg, dist_info=dist_info, hooks=hooks)
+            if dist_info.is_main:  # resolved: every key the policy, the data or the LR finder filled is in it
+                header = experiment.policy.describe() if experiment.policy is not None else None
+                save_config(experiment.cfg, output / "config.yaml", header=header)
             result = experiment.trainer.fit()
             best = result.get("best") or {}
             if dist_info.is_main and best:

@@ -1,4 +1,5 @@
-"""DataLoaders for training (shuffled, seeded, sharded under DDP) and evaluation (in order, unpadded shards).
+"""DataLoaders for training (shuffled or class-balanced, seeded, sharded under DDP) and evaluation (in order, unpadded
+shards).
 
 The trainer reseeds the shuffle generator and the workers every epoch, so a resumed run repeats the same order.
 """
@@ -12,11 +13,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from detkit.config.sections import DataConfig
+from detkit.data.sampling import BalancedSampler, balanced_sample_weights, image_labels
 from detkit.engine.distributed import DistInfo, ShardSampler
 from detkit.engine.tasks.base import Task
 from detkit.engine.trainer import seed_worker
 
-__all__ = ["build_loader"]
+__all__ = ["SAMPLERS", "build_loader"]
+
+#: ``data.sampler`` values
+SAMPLERS = ("shuffle", "balanced")
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +41,9 @@ def build_loader(
     Args:
         dataset: yields ``(image Tensor[3, H, W], target, path)``.
         task: provides ``collate_fn``.
-        data_cfg: batch sizes, workers, pinning, persistence, ``drop_last``.
+        data_cfg: batch sizes, workers, pinning, persistence, ``drop_last``, ``sampler`` (``balanced``: training
+            images drawn with replacement so that every class is drawn about equally often, see
+            :func:`detkit.data.sampling.balanced_sample_weights`).
         train: training loader (shuffle, drop_last) or evaluation loader.
         device: pinning is only used for a CUDA device.
         seed: seeds the shuffle generator and the workers (the trainer reseeds both every epoch).
@@ -47,6 +54,8 @@ def build_loader(
         raise ValueError(f"data.workers: expected >= 0, got {data_cfg.workers}")
     if data_cfg.batch_size < 1:
         raise ValueError(f"data.batch_size: expected >= 1, got {data_cfg.batch_size}")
+    if data_cfg.sampler not in SAMPLERS:
+        raise ValueError(f"data.sampler: expected one of {SAMPLERS}, got {data_cfg.sampler!r}")
     workers = data_cfg.workers
     worker_args: dict[str, Any] = {}
     if workers > 0:
@@ -63,6 +72,9 @@ def build_loader(
                            per_rank, batch_size)
         sampler = (DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                       shuffle=True, seed=seed) if distributed else None)
+        if data_cfg.sampler == "balanced":
+            weights = balanced_sample_weights(image_labels(dataset), len(dataset.classes))
+            sampler = BalancedSampler(weights, max(per_rank, 1), seed=seed, rank=dist_info.rank)
         shuffle = sampler is None
     else:
         batch_size = data_cfg.eval_batch_size or 2 * data_cfg.batch_size

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from detkit.config.sections import OptimConfig
+from detkit.engine.policy import fill_optim
 from detkit.models.stages import param_stages, unwrap_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
@@ -24,6 +25,19 @@ _NORM_TYPES = (
 )
 
 
+def concrete_optim(cfg: OptimConfig) -> OptimConfig:
+    """``cfg`` with null keys filled by the fine-tuning policy (:func:`detkit.engine.policy.fill_optim`): what a
+    config resolved by an experiment already is, and the rule when these builders are called directly.
+
+    Raises:
+        ValueError: for ``lr: auto`` (the LR finder, :mod:`detkit.engine.lr_finder`, must replace it first).
+    """
+    if cfg.lr == "auto":
+        raise ValueError("optim.lr: auto must be replaced by the LR finder's suggestion before building an optimiser "
+                         "(build_experiment does it; or run tools/lr_find.py and set optim.lr)")
+    return fill_optim(cfg, "finetune")[0]
+
+
 def stage_learning_rates(stage_names: list[str], cfg: OptimConfig) -> dict[str, float]:
     """The learning rate of each stage under ``cfg``, by this precedence:
 
@@ -33,11 +47,12 @@ def stage_learning_rates(stage_names: list[str], cfg: OptimConfig) -> dict[str, 
 
     Args:
         stage_names: stage names ordered input → output, ``head`` last (as from ``param_stages``).
-        cfg: the optimiser config.
+        cfg: the optimiser config (null keys: see :func:`concrete_optim`).
 
     Raises:
         ValueError: if ``group_lrs`` names a stage not in ``stage_names``, or a rate is negative.
     """
+    cfg = concrete_optim(cfg)
     group_lrs = dict(cfg.group_lrs or {})
     unknown = sorted(set(group_lrs) - set(stage_names))
     if unknown:
@@ -87,6 +102,7 @@ def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any
     Returns:
         Groups ``{"name", "params", "lr", "weight_decay"}`` ordered input → output; empty groups are left out.
     """
+    cfg = concrete_optim(cfg)
     stages = param_stages(model)
     rates = stage_learning_rates(list(stages), cfg)
     no_decay = no_decay_parameter_names(model) if cfg.no_decay_norm_bias else set()
@@ -110,6 +126,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     Raises:
         ValueError: for an unknown ``cfg.name`` or ``nesterov`` without momentum.
     """
+    cfg = concrete_optim(cfg)
     name = cfg.name.lower()
     groups = build_param_groups(model, cfg)
     if name == "sgd":

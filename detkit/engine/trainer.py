@@ -29,6 +29,7 @@ from detkit.config.sections import TrainConfig
 from detkit.data.seeding import reseed_transforms
 from detkit.engine.checkpoint import restore_rng_state, save_checkpoint
 from detkit.engine.distributed import DistInfo
+from detkit.engine.ema import ModelEma
 from detkit.engine.freeze import Freezer
 from detkit.engine.tasks.base import Task
 from detkit.errors import NonFiniteLossError
@@ -169,6 +170,7 @@ class Trainer:
         self._writer: Any | None = None
         self._fit_start: float | None = None
         self._time_before = 0.0
+        self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None
 
     # ------------------------------------------------------------------ public API
 
@@ -193,6 +195,8 @@ class Trainer:
                 except StopTraining:
                     logger.info("stopping after epoch %d (requested by a hook)", epoch)
                     break
+                if self._early_stop(epoch):
+                    break
         finally:
             if self._writer is not None:
                 self._writer.flush()
@@ -206,7 +210,8 @@ class Trainer:
         return {"epochs": self.history, "best": self.best_row, "summary": self.summary}
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over ``train_loader``; returns ``train_*`` metrics, ``lr`` and ``images_per_s``."""
+        """One pass over ``train_loader``; returns ``train_*`` metrics, ``lr/<stage>`` (each stage's lr at the end
+        of the epoch) and ``images_per_s``."""
         self._prepare_epoch(epoch)
         model = self._ddp_model or self.model
         cfg = self.cfg
@@ -237,16 +242,17 @@ class Trainer:
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 shown = self.task.summarize_train({k: v.item() for k, v in sums.items()})
                 bar.set_postfix({k.removeprefix("train_"): f"{v:.4f}" for k, v in shown.items()}
-                                | {"lr": f"{self._max_lr():.2e}", "img/s": f"{images_seen / elapsed:.0f}"}, refresh=False)
+                                | {"lr": self._lr_text(short=True), "img/s": f"{images_seen / elapsed:.0f}"},
+                                refresh=False)
             if cfg.log_every and is_step and self.global_step % cfg.log_every == 0 and self.is_main:
-                logger.info("epoch %d step %d: loss %.4f lr %.3e", epoch, self.global_step, loss.item(), self._max_lr())
+                logger.info("epoch %d step %d: loss %.4f, %s", epoch, self.global_step, loss.item(), self._lr_text())
         elapsed = time.perf_counter() - start
         self._sync_buffers()
         keys = sorted(sums)
         totals = all_reduce_sum(torch.stack([sums[k] for k in keys]).to(self._reduce_device()))
         images_total = all_reduce_sum(torch.tensor([float(images_seen)], device=self._reduce_device()))
         metrics = self.task.summarize_train({k: float(v) for k, v in zip(keys, totals.cpu())})
-        metrics["lr"] = self._max_lr()
+        metrics.update({f"lr/{name}": lr for name, lr in self._group_lrs().items()})
         metrics["images_per_s"] = float(images_total) / max(elapsed, 1e-9)
         metrics["train_time_s"] = elapsed
         return metrics
@@ -257,7 +263,8 @@ class Trainer:
         loader = loader if loader is not None else self.val_loader
         if loader is None:
             raise ValueError("loader: no validation loader given and the trainer has none")
-        return evaluate(self.model, self.task, loader, self.device, amp_dtype=self.amp_dtype,
+        model = self.ema.module if self.ema is not None else self.model  # with train.ema: the average is validated
+        return evaluate(model, self.task, loader, self.device, amp_dtype=self.amp_dtype,
                         channels_last=self.cfg.channels_last, progress=self.cfg.progress and self.is_main)
 
     def resume(self, path: str | Path) -> dict[str, Any]:
@@ -266,7 +273,12 @@ class Trainer:
         Training then continues at the epoch after the checkpoint's. Returns the checkpoint dict.
         """
         ckpt = load_checkpoint(path, map_location="cpu")
-        unwrap_model(self.model).load_state_dict(ckpt["model"])
+        ema_state = ckpt.get("ema")
+        if self.ema is not None and ema_state:  # "model" holds the average; the trained weights are kept beside it
+            unwrap_model(self.model).load_state_dict(ema_state["training_model"])
+            self.ema.load_state_dict(ema_state, ckpt["model"])
+        else:
+            unwrap_model(self.model).load_state_dict(ckpt["model"])
         if ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
@@ -282,6 +294,8 @@ class Trainer:
         self.history = list(state.get("history", []))
         self.best_row = state.get("best_row")
         self.global_step = int(state.get("global_step", 0))
+        if state.get("early_stop"):
+            self.summary["early_stop"] = state["early_stop"]
         if "train_time_s" in state:
             self.summary["train_time_s"] = state["train_time_s"]
         if self.is_main:
@@ -331,13 +345,21 @@ class Trainer:
                            recorded, last_path)
 
     def save_checkpoint(self, path: str | Path, epoch: int, metrics: dict[str, Any]) -> Path:
-        """Write a detkit checkpoint of the current state (see :mod:`detkit.engine.checkpoint`)."""
+        """Write a detkit checkpoint of the current state (see :mod:`detkit.engine.checkpoint`).
+
+        With ``train.ema`` its ``model`` is the moving average (what evaluation and inference load), and
+        ``ema`` holds the update count and the trained weights, so a resume continues exactly.
+        """
+        extra: dict[str, Any] = {"trainer": {"history": self.history, "best_row": self.best_row,
+                                             "global_step": self.global_step, "train_time_s": self._total_time(),
+                                             "early_stop": self.summary.get("early_stop")}}
+        if self.ema is not None:
+            extra["ema"] = {**self.ema.state_dict(), "training_model": unwrap_model(self.model).state_dict()}
         return save_checkpoint(
-            path, model=self.model, epoch=epoch, optimizer=self.optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, config=self.config, classes=self.classes, normalization=self.normalization,
-            metrics=metrics, best_metric=self.best_value,
-            extra={"trainer": {"history": self.history, "best_row": self.best_row, "global_step": self.global_step,
-                               "train_time_s": self._total_time()}},
+            path, model=self.ema.module if self.ema is not None else self.model, epoch=epoch,
+            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, config=self.config,
+            classes=self.classes, normalization=self.normalization, metrics=metrics, best_metric=self.best_value,
+            extra=extra,
         )
 
     def _total_time(self) -> float:
@@ -351,8 +373,9 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.cfg
         train = self.train_one_epoch(epoch)
-        timing_keys = ("lr", "images_per_s", "train_time_s")
-        row: dict[str, Any] = {"epoch": epoch, **{k: v for k, v in train.items() if k not in timing_keys}}
+        timing_keys = ("images_per_s", "train_time_s")
+        row: dict[str, Any] = {"epoch": epoch, **{k: v for k, v in train.items()
+                                                  if k not in timing_keys and not k.startswith("lr/")}}
         details: dict[str, Any] = {}
         timing = {"images_per_s": train["images_per_s"], "train_time_s": train["train_time_s"]}
         if self.val_loader is not None and (epoch % max(cfg.eval_every, 1) == 0 or epoch == cfg.epochs):
@@ -364,8 +387,7 @@ class Trainer:
                     row[key] = value
                 else:
                     details[key] = value
-        row["lr"] = train["lr"]
-        row.update({f"lr/{name}": lr for name, lr in self._group_lrs().items()})
+        row.update({k: v for k, v in train.items() if k.startswith("lr/")})  # every stage's lr, none singled out
         row.update(timing)
         self._check_finite_weights(epoch)
         improved = self._update_best(row)
@@ -415,6 +437,8 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def _check_finite(self, loss: Tensor, epoch: int, index: int, paths: list[str]) -> None:
         local_bad = not bool(torch.isfinite(loss.detach()).item())
@@ -518,8 +542,9 @@ class Trainer:
     def _log_epoch(self, epoch: int, row: dict[str, Any], details: dict[str, Any]) -> None:
         shown = [f"{k} {v:.4f}" for k, v in row.items()
                  if k.startswith(("train_loss", "train_acc", "val_")) and isinstance(v, float) and not k.endswith("_s")]
-        logger.info("epoch %d/%d: %s, lr %.3e, %.0f img/s", epoch, self.cfg.epochs, ", ".join(shown),
-                    row.get("lr", 0.0), row.get("images_per_s", 0.0))
+        logger.info("epoch %d/%d: %s, %s, %.0f img/s", epoch, self.cfg.epochs, ", ".join(shown),
+                    self._lr_text({k[3:]: v for k, v in row.items() if k.startswith("lr/")}),
+                    row.get("images_per_s", 0.0))
         line = self.task.describe(details)
         if line:
             logger.info("epoch %d: %s", epoch, line)
@@ -547,8 +572,49 @@ class Trainer:
             out.setdefault(stage, float(group["lr"]))
         return out
 
-    def _max_lr(self) -> float:
-        return max(float(g["lr"]) for g in self.optimizer.param_groups)
+    def _lr_text(self, lrs: dict[str, float] | None = None, short: bool = False) -> str:
+        """Every stage's lr, runs of stages with one rate joined: ``lr stem..layer4 1.00e-03, head 1.00e-02``."""
+        runs: list[tuple[list[str], float]] = []
+        for stage, lr in (lrs if lrs is not None else self._group_lrs()).items():
+            if runs and runs[-1][1] == lr:
+                runs[-1][0].append(stage)
+            else:
+                runs.append(([stage], lr))
+        parts = [(f"{names[0]}..{names[-1]}" if len(names) > 1 else names[0], lr) for names, lr in runs]
+        if short:
+            return " ".join(f"{lr:.1e}" for _, lr in parts)
+        return "lr " + ", ".join(f"{name} {lr:.2e}" for name, lr in parts)
+
+    def _last_improvement(self) -> int:
+        """The last epoch of the history whose metric beat the best before it by more than ``train.min_delta``
+        (0 when none did); read from the history, so a resumed run counts the same."""
+        reference, at = None, 0
+        for row in self.history:
+            value = row.get(self.best_metric)
+            if not _is_scalar(value) or math.isnan(value):
+                continue
+            if reference is None or (value - reference if self.best_mode == "max" else reference - value) > \
+                    self.cfg.min_delta:
+                reference, at = value, int(row["epoch"])
+        return at
+
+    def _early_stop(self, epoch: int) -> bool:
+        """``train.patience``: True (and the reason logged and kept in the summary) when the best metric has not
+        improved by ``min_delta`` for ``patience`` epochs; only validated epochs can improve it."""
+        patience = self.cfg.patience
+        if patience is None or epoch >= self.cfg.epochs:
+            return False
+        best_epoch = self._last_improvement()
+        if epoch - best_epoch < patience:
+            return False
+        reason = (f"early stop after epoch {epoch}: {self.best_metric} has not improved by more than "
+                  f"{self.cfg.min_delta:g} for {epoch - best_epoch} epochs (train.patience {patience}); best "
+                  f"{self.best_value if self.best_value is not None else 'none'} at epoch {best_epoch}")
+        logger.info("%s", reason)
+        self.summary["early_stop"] = {"epoch": epoch, "best_epoch": best_epoch, "reason": reason}
+        if self.is_main:
+            self._write_metrics()
+        return True
 
 
 @torch.no_grad()

@@ -105,6 +105,8 @@ class ResNetSSD(SingleShotDetector):
         aspect_ratios: per-level width/height ratios of the default boxes (default: SSD's pattern).
         min_ratio: smallest default-box scale, as a fraction of the image.
         max_ratio: largest default-box scale.
+        anchor_scales: ``levels + 1`` explicit default-box scales (fractions of the image, e.g. fitted to a train
+            set by :func:`detkit.data.box_stats.fit_ssd_anchors`); overrides ``min_ratio``/``max_ratio``.
         extra_norm: normalisation in the extra blocks, ``"group"`` (GroupNorm, works at any batch size) or
             ``"batch"`` (BatchNorm; needs several images per batch once levels are 1 x 1).
         first_level: the finest feature level, ``"layer3"`` (stride 16) or ``"layer2"`` (stride 8, one more
@@ -125,6 +127,7 @@ class ResNetSSD(SingleShotDetector):
         max_ratio: float = 0.9,
         extra_norm: str = "group",
         first_level: str = "layer3",
+        anchor_scales: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -156,7 +159,11 @@ class ResNetSSD(SingleShotDetector):
                 f"{num_levels - len(extra_channels)} + len(extra_channels)), "
                 f"got {len(aspect_ratios)}"
             )
-        self.anchor_generator = DefaultBoxGenerator(aspect_ratios, min_ratio=min_ratio, max_ratio=max_ratio)
+        if anchor_scales is not None and len(anchor_scales) != num_levels + 1:
+            raise ValueError(f"anchor_scales must have one entry per feature level plus one ({num_levels + 1}), "
+                             f"got {len(anchor_scales)}")
+        self.anchor_generator = DefaultBoxGenerator(aspect_ratios, min_ratio=min_ratio, max_ratio=max_ratio,
+                                                    scales=None if anchor_scales is None else list(anchor_scales))
         self.head = SSDPredictionHead(
             in_channels=level_channels,
             num_anchors=self.anchor_generator.num_anchors_per_location(),
@@ -236,8 +243,16 @@ def resnet_ssd(
 
 
 def resnet_ssd_config_kwargs(detect: DetectConfig) -> dict[str, Any]:
-    """A ResNet-SSD's keywords from the ``detect`` section: the loss options and ``first_level``."""
-    return {**loss_config_kwargs(detect), "first_level": detect.first_level}
+    """A ResNet-SSD's keywords from the ``detect`` section: the loss options, ``first_level`` (``auto``, which an
+    experiment resolves from the train boxes, means ``layer3`` here) and the default boxes' ``anchor_scales`` /
+    ``anchor_ratios`` when set."""
+    kwargs = {**loss_config_kwargs(detect), "first_level": "layer3" if detect.first_level == "auto" else
+              detect.first_level}
+    if detect.anchor_scales is not None:
+        kwargs["anchor_scales"] = list(detect.anchor_scales)
+    if detect.anchor_ratios is not None:
+        kwargs["aspect_ratios"] = [list(r) for r in detect.anchor_ratios]
+    return kwargs
 
 
 @register_detector("resnet18_ssd", config_kwargs=resnet_ssd_config_kwargs)

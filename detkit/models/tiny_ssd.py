@@ -146,7 +146,7 @@ def tiny_ssd(*, num_classes: int, weights: str = "auto", input_size: int = 256, 
 
 def tiny_ssd_config_kwargs(detect: DetectConfig) -> dict[str, Any]:
     """TinySSD's keywords from the ``detect`` section: the loss options (it has no ``first_level`` choice)."""
-    if detect.first_level != "layer3":
+    if detect.first_level not in ("layer3", "auto"):
         raise ValueError("detect.first_level: only ResNet-SSDs have a layer2 level, not tiny_ssd; leave it at layer3")
     return loss_config_kwargs(detect)
 

@@ -1,24 +1,32 @@
-"""Tests for detkit.data.det_transforms: exact letterbox/resize geometry and the box-aware training pipeline."""
+"""Tests for detkit.data.det_transforms: exact letterbox/resize geometry, the box-aware training pipeline, presets
+and mosaic."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from detkit.config.augment import AUGMENT_PRESETS, DETECTION_PRESETS
 from detkit.data.det_transforms import (
     DetectionAugment,
     EvalDetectionTransform,
     LetterboxParams,
+    MosaicTransform,
     build_detection_transforms,
+    describe_detection_augment,
     letterbox_boxes,
     letterbox_image,
     letterbox_params,
+    mosaic,
     resize_image,
     resize_params,
     unletterbox_boxes,
     unresize_boxes,
 )
+from detkit.data.images import read_image, write_image
 
 SIZES = [(100, 200), (200, 100), (37, 53), (480, 640), (64, 64), (1, 300), (13, 7)]
 
@@ -205,3 +213,91 @@ def test_letterbox_round_trip_keeps_cuda_tensors_on_the_device():
     back = unletterbox_boxes(out, params, clip_hw=(50, 60))
     assert out.device.type == "cuda" and back.device.type == "cuda" and back.dtype == torch.float32
     torch.testing.assert_close(back.cpu(), boxes.cpu(), rtol=1e-6, atol=1e-4)
+
+
+def _steps(t) -> list[str]:
+    return [type(step).__name__ for step in t.transforms if getattr(step, "p", 1.0) > 0]
+
+
+@pytest.mark.parametrize("preset", AUGMENT_PRESETS)
+def test_detection_presets_build_the_documented_pipelines(preset):
+    values = DETECTION_PRESETS[preset]
+    t = build_detection_transforms(True, 64, aug=DetectionAugment(preset=preset))
+    expected = [name for name, key in (("RandomSizedBBoxSafeCrop", "crop_p"), ("LongestMaxSize", None),
+                                       ("PadIfNeeded", None), ("Affine", "scale_p"), ("HorizontalFlip", "hflip_p"),
+                                       ("VerticalFlip", "vflip_p"), ("ColorJitter", "color_p"))
+                if key is None or values[key] > 0] + ["Normalize", "ToTensorV2"]
+    assert _steps(t) == expected
+    lines = describe_detection_augment(DetectionAugment(preset=preset))
+    assert any(line.startswith("HorizontalFlip") for line in lines) == (values["hflip_p"] > 0)
+    assert any(line.startswith("Mosaic") for line in lines) == (preset == "strong")
+    assert DetectionAugment(preset=preset, hflip_p=0.25).resolved().hflip_p == 0.25  # a set key wins
+
+
+def test_mosaic_places_each_quadrant_and_clips_or_drops_its_boxes():
+    size = 64  # canvas 128; centre (64, 64) crops [32, 96) x [32, 96)
+    images = [np.full((size, size, 3), 50 * (k + 1), np.uint8) for k in range(4)]
+    boxes = [np.array([[40, 40, 60, 60], [2, 2, 12, 12]], np.float32) for _ in range(4)]
+    labels = [np.array([k, 10 + k]) for k in range(4)]
+    image, out_boxes, out_labels = mosaic(images, boxes, labels, size, centre=(64.0, 64.0), fill=0)
+    assert image.shape == (size, size, 3)
+    assert (image[0, 0, 0], image[0, -1, 0], image[-1, 0, 0], image[-1, -1, 0]) == (50, 100, 150, 200)
+    by_label = {int(lab): b.tolist() for b, lab in zip(out_boxes, out_labels)}
+    # top-left image's (40, 40, 60, 60) lands at (8, 8, 28, 28); bottom-right's (2, 2, 12, 12) at 64 + 2 - 32 = 34;
+    # every other box falls outside the crop
+    assert by_label == {0: [8.0, 8.0, 28.0, 28.0], 13: [34.0, 34.0, 44.0, 44.0]}
+    # centre (80, 64): the crop starts at x 48, so (40, 40, 60, 60) shows 12 of its 20 columns (60 %)
+    one = [np.array([[40, 40, 60, 60]], np.float32)] + [np.zeros((0, 4), np.float32)] * 3
+    one_labels = [np.array([7])] + [np.zeros(0, np.int64)] * 3
+    _, kept, kept_labels = mosaic(images, one, one_labels, size, centre=(80.0, 64.0), min_visibility=0.5)
+    assert kept.tolist() == [[0.0, 8.0, 12.0, 28.0]] and kept_labels.tolist() == [7]
+    _, dropped, _ = mosaic(images, one, one_labels, size, centre=(80.0, 64.0), min_visibility=0.7)
+    assert len(dropped) == 0
+
+
+def _mosaic_source(tmp_path, n=4):
+    """n images of 60x80 grey with one box filled in the colour of its label: label i is grey level 40 + 50 i."""
+    records = []
+    for i in range(n):
+        image = np.full((60, 80, 3), 10, np.uint8)
+        x, y = 8 + 6 * i, 10 + 4 * i
+        image[y:y + 24, x:x + 30] = 40 + 50 * i
+        path = write_image(tmp_path / f"{i}.png", image)
+        records.append(SimpleNamespace(path=path, boxes=np.array([[x, y, x + 30, y + 24]], np.float32),
+                                       labels=np.array([i])))
+    return records
+
+
+def test_mosaic_keeps_boxes_inside_the_image_on_the_pixels_of_their_label(tmp_path):
+    records = _mosaic_source(tmp_path)
+    aug = DetectionAugment(preset="none", mosaic_p=1.0, min_visibility=0.6, min_area=16.0)
+    t = build_detection_transforms(True, 64, mean=(0, 0, 0), std=(1, 1, 1), aug=aug, seed=0, mosaic_source=records)
+    assert isinstance(t, MosaicTransform)
+    primary = records[0]
+    seen = set()
+    for _ in range(12):
+        out = t(image=read_image(primary.path), bboxes=primary.boxes, labels=primary.labels)
+        image = out["image"]  # (3, 64, 64) in [0, 1]
+        assert image.shape == (3, 64, 64)
+        boxes = np.asarray(out["bboxes"]).reshape(-1, 4)
+        assert (boxes >= 0).all() and (boxes <= 64).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        for (x1, y1, x2, y2), label in zip(boxes, out["labels"]):
+            inner = image[0, int(np.ceil(y1)) + 1:int(y2) - 1, int(np.ceil(x1)) + 1:int(x2) - 1]
+            assert inner.numel() > 0
+            assert float(inner.mean()) * 255 == pytest.approx(40 + 50 * int(label), abs=6)
+            seen.add(int(label))
+    assert len(seen) >= 3  # partners really come from the source
+
+
+def test_mosaic_is_off_without_a_source_and_reseeds_reproducibly(tmp_path):
+    records = _mosaic_source(tmp_path)
+    aug = DetectionAugment(preset="strong")
+    assert not isinstance(build_detection_transforms(True, 64, aug=aug), MosaicTransform)
+    image = np.zeros((60, 80, 3), np.uint8)
+    runs = []
+    for _ in range(2):
+        t = build_detection_transforms(True, 64, aug=aug, mosaic_source=records)
+        t.set_random_seed(11)
+        runs.append([t(image=image, bboxes=records[0].boxes, labels=records[0].labels)["image"] for _ in range(3)])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b)

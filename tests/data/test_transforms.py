@@ -1,13 +1,24 @@
-"""Tests for detkit.data.transforms: output shape/dtype/normalisation, eval geometry, options and validation."""
+"""Tests for detkit.data.transforms: output shape/dtype/normalisation, eval geometry, options and validation,
+presets, the summary in words, and mixup / cutmix."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import pytest
 import torch
 
-from detkit.data.transforms import ClassificationAugment, build_classification_transforms, eval_resize_size
+from detkit.config.augment import AUGMENT_PRESETS, CLASSIFICATION_PRESETS, presets_markdown
+from detkit.data.transforms import (
+    BatchMix,
+    ClassificationAugment,
+    build_batch_mix,
+    build_classification_transforms,
+    describe_classification_augment,
+    eval_resize_size,
+)
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -152,3 +163,83 @@ def test_builder_rejects_bad_arguments(img_size: int, mean: tuple, std: tuple, m
         build_classification_transforms(True, img_size, mean, std)
     with pytest.raises(TypeError, match="aug"):
         build_classification_transforms(True, 32, *IMAGENET, aug={"hflip_p": 0.5})
+
+
+# ----------------------------------------------------------------------------- presets and batch mixing
+
+PRESET_STEPS = {  # the documented pipelines (configs/README.md, "Augmentation presets")
+    "none": ["RandomResizedCrop", "Normalize", "ToTensorV2"],
+    "light": ["RandomResizedCrop", "Affine", "ColorJitter", "Normalize", "ToTensorV2"],
+    "standard": ["RandomResizedCrop", "HorizontalFlip", "Affine", "ColorJitter", "GaussianBlur", "GaussNoise",
+                 "CoarseDropout", "Normalize", "ToTensorV2"],
+    "strong": ["RandomResizedCrop", "HorizontalFlip", "Affine", "ColorJitter", "GaussianBlur", "GaussNoise",
+               "CoarseDropout", "Normalize", "ToTensorV2"],
+}
+
+
+@pytest.mark.parametrize("preset", AUGMENT_PRESETS)
+def test_presets_build_the_documented_pipelines(preset: str) -> None:
+    aug = ClassificationAugment(preset=preset)
+    tf = build_classification_transforms(True, 32, *IMAGENET, aug)
+    assert [type(t).__name__ for t in tf.transforms] == PRESET_STEPS[preset]
+    values = CLASSIFICATION_PRESETS[preset]
+    crop = tf.transforms[0]
+    assert tuple(crop.scale) == tuple(values["scale"]) and tuple(crop.ratio) == pytest.approx(values["ratio"])
+    eval_tf = build_classification_transforms(False, 32, *IMAGENET, aug)
+    assert eval_tf.transforms[0].max_size == eval_resize_size(32, values["eval_resize_ratio"])
+    mixing = build_batch_mix(aug, 4)
+    assert (mixing is not None) == (preset == "strong")  # mixup / cutmix only in the strong preset
+
+
+def test_preset_none_trains_on_the_eval_geometry_and_set_keys_win_over_the_preset() -> None:
+    ramp = np.linspace(0, 255, 60, dtype=np.float32)[None, :, None] * np.ones((40, 1, 3), np.float32)
+    image = ramp.astype(np.uint8)  # smooth, so two interpolations of the same square agree closely
+    none = ClassificationAugment(preset="none")
+    train = build_classification_transforms(True, 24, *IMAGENET, none)(image=image)["image"]
+    torch.testing.assert_close(train, build_classification_transforms(False, 24, *IMAGENET, none)(image=image)["image"],
+                               atol=0.03, rtol=0)  # same centre square, resized by another interpolation
+    aug = ClassificationAugment(preset="light", hflip_p=0.7).resolved()
+    assert aug.hflip_p == 0.7 and aug.affine_p == CLASSIFICATION_PRESETS["light"]["affine_p"]
+    assert ClassificationAugment().resolved().preset == "standard"  # auto outside an experiment
+    with pytest.raises(ValueError, match="preset"):
+        ClassificationAugment(preset="heavy")
+
+
+def test_summary_names_each_enabled_transform_and_the_key_that_turns_it_off() -> None:
+    lines = describe_classification_augment(ClassificationAugment(preset="standard"))
+    flip = [line for line in lines if line.startswith("HorizontalFlip")]
+    assert flip == ["HorizontalFlip p=0.5 (off: data.augment.hflip_p=0; a mirror changes the label of text, digits "
+                    "and left/right classes)"]
+    assert any("CoarseDropout" in line and "data.augment.dropout_p=0" in line for line in lines)
+    assert describe_classification_augment(ClassificationAugment(preset="none")) == []
+    light = describe_classification_augment(ClassificationAugment(preset="light"))
+    assert not any("Flip" in line for line in light)
+
+
+def test_presets_table_in_configs_readme_is_current() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "configs" / "README.md").read_text()
+    begin, end = "<!-- augment-presets:begin -->\n", "<!-- augment-presets:end -->"
+    assert readme[readme.index(begin) + len(begin):readme.index(end)] == presets_markdown()
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_and_cutmix_labels_sum_to_one_and_mix_the_images(mixup: float, cutmix: float) -> None:
+    torch.manual_seed(0)
+    images = torch.arange(4, dtype=torch.float32)[:, None, None, None].expand(4, 3, 8, 8).clone()
+    labels = torch.tensor([0, 1, 2, 3])
+    mixed, soft = BatchMix(4, mixup, cutmix, p=1.0)(images, labels)
+    assert soft.shape == (4, 4) and soft.dtype == torch.float32
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(4))
+    assert (soft > 0).sum(dim=1).max() == 2  # each image is a blend of itself and one other
+    # the label weights are the shares of the pixels (cutmix) or the blend (mixup) of each source
+    for i in range(4):
+        share = {int(j): float(w) for j, w in enumerate(soft[i]) if w > 0}
+        expected = sum(j * w for j, w in share.items())  # image j is the constant j
+        assert float(mixed[i].mean()) == pytest.approx(expected, abs=1e-4)
+
+
+def test_batch_mix_off_gives_one_hot_labels() -> None:
+    images, labels = torch.rand(3, 3, 8, 8), torch.tensor([2, 0, 1])
+    out, soft = BatchMix(3, 0.4, 0.0, p=0.0)(images, labels)
+    assert torch.equal(out, images) and torch.equal(soft, torch.eye(3)[labels])
+    assert build_batch_mix(ClassificationAugment(preset="standard"), 3) is None

@@ -194,3 +194,28 @@ def test_overfit_few_images_through_trainer(shapes_root, tmp_path, one_thread):
     # the trainer's generic evaluate() gives the same numbers for the final weights
     again = evaluate(model, task, val_loader, device)
     assert again["val_map50"] == pytest.approx(final["val_map50"])
+
+
+def test_experiment_fits_default_boxes_to_the_train_boxes_and_logs_their_coverage(shapes_root, tmp_path, caplog,
+                                                                                  one_thread):
+    from detkit.config import load_config
+    from detkit.engine.experiment import build_experiment
+
+    caplog.set_level("INFO", logger="detkit")
+    base = [f"data.root={shapes_root}", "task=detect", "model.name=resnet18_ssd", "model.weights=none",
+            "data.img_size=64", "data.batch_size=2", "data.workers=0", "data.scan_workers=1", "train.device=cpu",
+            f"train.output={tmp_path / 'run'}", "train.progress=false", "train.tensorboard=false"]
+    experiment = build_experiment(load_config(None, base))
+    detect = experiment.cfg.detect
+    assert detect.first_level in ("layer2", "layer3") and detect.anchor_scales is not None
+    generator = experiment.model.anchor_generator
+    assert generator.scales == pytest.approx(detect.anchor_scales)  # the model trains with the fitted boxes
+    assert [list(r) for r in generator.aspect_ratios] == detect.anchor_ratios
+    coverage = experiment.summary["anchor_coverage"]
+    assert 0.0 <= coverage <= 1.0 and experiment.summary["anchors_fitted"] is True
+    assert any(r.message.startswith(f"anchor coverage {coverage:.3f}") for r in caplog.records)
+    assert experiment.cfg.detect.augment.preset == "light" and experiment.policy.name == "scratch"
+    # explicit keys win: no fit, SSD's own boxes, the level asked for; the coverage is still measured
+    fixed = build_experiment(load_config(None, [*base, "detect.anchor_fit=false", "detect.first_level=layer3"]))
+    assert fixed.cfg.detect.anchor_scales is None and fixed.cfg.detect.first_level == "layer3"
+    assert fixed.summary["anchors_fitted"] is False and fixed.summary["anchor_coverage"] <= coverage + 1e-9

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -61,12 +60,17 @@ def test_fit_writes_the_run_directory(tmp_path):
     assert {"metrics.json", "metrics.csv", "config.yaml", "confusion_matrix.png", "confusion_matrix.pt",
             "best.pt", "last.pt", "train.log", "tensorboard"} <= files
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert load_config(out / "config.yaml") == cfg
+    # config.yaml holds the resolved config: what the from-scratch policy filled, and it resolves to itself
+    saved = load_config(out / "config.yaml")
+    assert (saved.optim.name, saved.optim.head_lr_mult, saved.optim.lr) == ("adamw", 1.0, 0.05)
+    assert saved.data.augment.preset == "light" and saved.data.augment.hflip_p == 0.0
+    assert saved.train.policy == "scratch" and saved.data.root == cfg.data.root and saved.train.epochs == cfg.train.epochs
+    assert (out / "config.yaml").read_text().startswith("# training policy from scratch (random init: weights none)")
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
     for row in metrics["epochs"]:
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "lr"):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "lr/stem", "lr/head"):
             assert math.isfinite(row[key]), key
         assert 0.0 <= row["train_acc"] <= 1.0 and 0.0 <= row["val_acc"] <= 1.0
         assert row["val_count"] == 6
@@ -111,9 +115,10 @@ def test_per_stage_learning_rates_follow_the_schedule_during_training(tmp_path):
             assert row[f"lr/{stage}"] == pytest.approx(rates[stage] * factor(step), rel=1e-9), (stage, step)
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema", [False, True])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, ema):
     root = make_image_folder(tmp_path / "data")
-    common = ("train.deterministic=true", "train.epochs=2")
+    common = ("train.deterministic=true", "train.epochs=2") + (("train.ema=true", "train.ema_decay=0.9") if ema else ())
     full = run_experiment(tiny_config(root, tmp_path / "full", *common))
 
     def stop_after_first_epoch(trainer, row):
@@ -130,6 +135,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert a["model"].keys() == b["model"].keys()
     different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
+    if ema:  # "model" is the average; the trained weights and the update count resume exactly too
+        trained_a, trained_b = a["ema"]["training_model"], b["ema"]["training_model"]
+        assert all(torch.equal(trained_a[k], trained_b[k]) for k in trained_a)
+        assert a["ema"]["updates"] == b["ema"]["updates"] > 0
+        assert any(not torch.equal(a["model"][k], trained_a[k]) for k in a["model"] if a["model"][k].is_floating_point())
     assert [r["train_loss"] for r in resumed["epochs"]] == [r["train_loss"] for r in full["epochs"]]
     history = json.loads((interrupted_out / "metrics.json").read_text())["epochs"]
     assert [r["epoch"] for r in history] == [1, 2]

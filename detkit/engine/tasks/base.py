@@ -74,17 +74,30 @@ class Task(abc.ABC):
         """
 
     @abc.abstractmethod
-    def build_transform(self, data_cfg: Any, img_size: int, normalization: dict[str, Any], train: bool) -> Any:
+    def build_transform(self, data_cfg: Any, img_size: int, normalization: dict[str, Any], train: bool,
+                        dataset: Any = None) -> Any:
         """The train or eval transform for this task's datasets (set as ``dataset.transform``).
 
-        ``normalization`` holds ``mean`` and ``std`` (3 floats each, [0, 1] units).
+        ``normalization`` holds ``mean`` and ``std`` (3 floats each, [0, 1] units); ``dataset`` is the split the
+        transform is for (augmentations that mix samples, such as mosaic, draw partners from it).
         """
+
+    @abc.abstractmethod
+    def subset(self, dataset: Any, indices: list[int]) -> Any:
+        """A copy of a split holding only the samples at ``indices`` (K-fold cross-validation), with its own
+        ``transform``; evaluation ground truth is restricted to those samples too."""
 
     @abc.abstractmethod
     def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0,
                     img_size: int | None = None) -> nn.Module:
         """The task's model for architecture ``name`` with a head sized for the task's classes
         (``img_size``: the training input side, for models built for one fixed size)."""
+
+    def resolve_config(self, cfg: ExperimentConfig, train_set: Any, img_size: int
+                       ) -> tuple[ExperimentConfig, dict[str, Any]]:
+        """Fill the config keys the train set decides (detection: the first level and default boxes from the
+        boxes) before the model is built; returns ``(config, facts for the run summary)``. Default: nothing."""
+        return cfg, {}
 
     def collate_fn(self, batch: list[tuple[Any, ...]]) -> Batch:
         """Stack dataset samples into ``(images Tensor[B, 3, H, W], targets, paths list[str])``."""

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -19,6 +21,7 @@ from detkit.data.det_transforms import build_detection_transforms
 from detkit.data.detection import DetectionDataset, detection_collate
 from detkit.data.images import read_image, write_image
 from detkit.data.layouts import find_detection_split
+from detkit.engine.anchors import LOW_COVERAGE, resolve_anchors
 from detkit.engine.tasks.base import Task, register_task
 from detkit.eval.coco import CocoEvaluator, CocoMetrics
 from detkit.eval.detection import DetectionEvaluator
@@ -117,11 +120,27 @@ class DetectionTask(Task):
                              f"training uses {list(classes)}; both splits need the same categories")
         return dataset
 
-    def build_transform(self, data_cfg: Any, img_size: int, normalization: dict[str, Any], train: bool) -> Any:
-        """Box-aware albumentations pipeline (train) or exact letterbox/resize (eval) to ``img_size`` squares."""
+    def build_transform(self, data_cfg: Any, img_size: int, normalization: dict[str, Any], train: bool,
+                        dataset: DetectionDataset | None = None) -> Any:
+        """Box-aware albumentations pipeline (train; mosaic partners from ``dataset``) or exact letterbox/resize
+        (eval) to ``img_size`` squares."""
         return build_detection_transforms(train=train, img_size=img_size, mean=normalization["mean"],
                                           std=normalization["std"], aug=self.detect.augment,
-                                          resize_mode=self.detect.resize_mode)
+                                          resize_mode=self.detect.resize_mode,
+                                          mosaic_source=dataset.records if dataset is not None else None)
+
+    def subset(self, dataset: DetectionDataset, indices: list[int]) -> DetectionDataset:
+        """A copy of a detection split with only ``records[i]`` for ``i`` in ``indices``; its ``coco`` (the
+        evaluation ground truth) keeps only those images and their annotations."""
+        part = copy.copy(dataset)
+        part.records = [dataset.records[i] for i in indices]
+        ids = {r.image_id for r in part.records}
+        coco = dict(dataset.coco)
+        coco["images"] = [im for im in dataset.coco["images"] if im["id"] in ids]
+        coco["annotations"] = [a for a in dataset.coco["annotations"] if a["image_id"] in ids]
+        part.coco = coco
+        part.transform = None
+        return part
 
     def collate_fn(self, batch: list[tuple[Any, ...]]) -> tuple[Tensor, list[dict[str, Any]], list[str]]:
         return detection_collate(batch)
@@ -132,6 +151,23 @@ class DetectionTask(Task):
                  "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
 
     # ------------------------------------------------------------------ model and loss
+
+    def resolve_config(self, cfg: ExperimentConfig, train_set: Any, img_size: int
+                       ) -> tuple[ExperimentConfig, dict[str, Any]]:
+        """``detect.first_level: auto`` and (with ``detect.anchor_fit``) null default-box settings from the train
+        boxes (:func:`detkit.engine.anchors.resolve_anchors`); logs the anchor coverage, warns when it is low."""
+        choice = resolve_anchors(cfg.model.name, self.num_classes, cfg.detect, train_set.records, img_size)
+        if choice is None:  # no SSD default boxes to fit: first_level only means something to ResNet-SSDs
+            level = "layer3" if cfg.detect.first_level == "auto" else cfg.detect.first_level
+            return dataclasses.replace(cfg, detect=dataclasses.replace(cfg.detect, first_level=level)), {}
+        logger.info("%s", choice.describe())
+        if choice.coverage < LOW_COVERAGE:
+            logger.warning("anchor coverage %.3f is low: %.0f%% of the train boxes match no default box at IoU 0.5; "
+                           "try detect.anchor_fit: true, detect.first_level: layer2 or a larger data.img_size",
+                           choice.coverage, 100 * (1 - choice.coverage))
+        facts = {"anchor_coverage": choice.coverage, "anchor_mean_iou": choice.mean_iou,
+                 "anchors_fitted": choice.fitted}
+        return dataclasses.replace(cfg, detect=choice.detect), facts
 
     def build_model(self, name: str, weights: str = "auto", dropout: float = 0.0,
                     img_size: int | None = None) -> nn.Module:
