@@ -16,7 +16,7 @@ endif
 $(VENV)/bin/python:
 	@if [ -z "$$VIRTUAL_ENV" ]; then python3 -m venv $(VENV); fi
 
-$(STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
+$(STAMP): setup.cfg setup.py pyproject.toml | $(VENV)/bin/python
 	$(PYTHON) -m pip install -q --upgrade pip setuptools wheel
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)

@@ -206,37 +206,36 @@ def _create_timm(
             logger.warning("weights=auto: %s; timm:%s starts from RANDOM INITIALISATION", err, name)
         else:
             path = locate_pretrained(published, weights)
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": dropout, **_timm_size_kwargs(name, img_size)}
+    cfg = timm.models.get_pretrained_cfg(name)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": dropout, **_timm_size_kwargs(cfg, img_size)}
     if path is not None:
         try:
-            model = _timm_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            model = _timm_model(timm.create_model, name, cfg, pretrained=True,
+                                pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         except (RuntimeError, OSError, ValueError, KeyError) as err:
             raise ValueError(f"cached ImageNet weights {path} cannot be loaded into timm:{name}: {err}") from err
         logger.info("loaded ImageNet weights for timm:%s from %s", name, path)
         return model, published
-    return _timm_model(name, pretrained=False, **kwargs), None
+    return _timm_model(timm.create_model, name, cfg, pretrained=False, **kwargs), None
 
 
-def _timm_size_kwargs(name: str, img_size: int | None) -> dict[str, Any]:
-    """``{"img_size": img_size}`` for a timm model built for one fixed input size (a ViT) of another size, else ``{}``."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name)
+def _timm_size_kwargs(cfg: Any, img_size: int | None) -> dict[str, Any]:
+    """``{"img_size": img_size}`` for a timm model built for one fixed input size (a ViT) of another size, else ``{}``
+    (``cfg``: the model's timm pretrained config, or None)."""
     if img_size is None or cfg is None or not cfg.fixed_input_size or tuple(cfg.input_size[1:]) == (img_size,) * 2:
         return {}
     return {"img_size": img_size}
 
 
-def _timm_model(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model``; a fixed-size model that cannot take ``img_size`` is one error saying what to set."""
-    import timm
-
+def _timm_model(create_model: Any, name: str, cfg: Any, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` (passed as ``create_model``); a fixed-size model that cannot take ``img_size`` is one
+    error saying what to set (``cfg``: the model's timm pretrained config)."""
     try:
-        return timm.create_model(name, **kwargs)
+        return create_model(name, **kwargs)
     except TypeError as err:
         if "img_size" not in kwargs:
             raise
-        size = timm.models.get_pretrained_cfg(name).input_size
+        size = cfg.input_size
         raise ValueError(f"model.name: timm:{name} takes {size[1]}x{size[2]} inputs and cannot be built for "
                          f"{kwargs['img_size']} px ({err}); set --img-size {size[1]} (data.img_size)") from err
 

@@ -133,13 +133,10 @@ def find_cached(weights: PretrainedWeights) -> Path | None:
     """A cached copy of ``weights`` on disk (torch.hub checkpoints dir, then the Hugging Face cache), or None."""
     if weights.cache_path is not None and weights.cache_path.is_file():
         return weights.cache_path
-    if weights.hf_hub_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
+    hub = _huggingface_hub()
+    if weights.hf_hub_id and hub is not None:
         for filename in _HF_FILENAMES:
-            found = try_to_load_from_cache(weights.hf_hub_id, filename)
+            found = hub.try_to_load_from_cache(weights.hf_hub_id, filename)
             if isinstance(found, str) and os.path.isfile(found):
                 return Path(found)
     return None
@@ -212,22 +209,30 @@ def hash_prefix(filename: str) -> str | None:
     return None
 
 
-def _hf_cache_dir() -> str:
+def _huggingface_hub() -> Any:
+    """The ``huggingface_hub`` module (installed with timm) with its ``constants``, or None where it is missing."""
     try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
+        import huggingface_hub.constants
     except ImportError:
-        return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
+        return None
+    return huggingface_hub
+
+
+def _hf_cache_dir() -> str:
+    hub = _huggingface_hub()
+    if hub is not None:
+        return str(hub.constants.HF_HUB_CACHE)
+    return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
 
 
 def _download_from_hf(hf_hub_id: str, timeout: float) -> Path:
-    from huggingface_hub import hf_hub_download
-
+    hub = _huggingface_hub()
+    if hub is None:
+        raise OSError(f"cannot download {hf_hub_id}: huggingface_hub is not installed")
     errors = []
     for filename in _HF_FILENAMES:
         try:
-            return Path(hf_hub_download(hf_hub_id, filename, etag_timeout=timeout))
+            return Path(hub.hf_hub_download(hf_hub_id, filename, etag_timeout=timeout))
         except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "not this file"
             errors.append(f"{filename}: {err}")
     raise OSError(f"cannot download {hf_hub_id} from the Hugging Face hub: {'; '.join(errors)}")
