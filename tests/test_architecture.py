@@ -27,7 +27,7 @@ ALLOWED = {
     "engine": {"collectives", "config", "data", "errors", "eval", "io", "models", "ops", "viz"},
     "infer": {"config", "data", "errors", "io", "models", "ops", "viz"},
     "export": {"config", "data", "errors", "infer", "io", "models", "ops"},
-    "cli": {"errors"},
+    "cli": {"config", "errors"},
 }
 #: optional or heavy third-party modules that may be imported inside a function (and nothing else may)
 DEFERRABLE = ("torch.utils.tensorboard", "timm", "huggingface_hub", "safetensors", "onnxruntime", "onnx")

@@ -12,9 +12,10 @@ table is OUTPUT/kfold.csv and OUTPUT/kfold.json. The same train.seed gives the s
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
+
+from detkit.cli import add_log_level, add_run_flags, configure_logging, flag_overrides
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -22,33 +23,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe every fold starts from")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. train.epochs=5")
     parser.add_argument("--folds", type=int, required=True, metavar="K", help="number of folds (>= 2)")
-    parser.add_argument("--task", choices=("classify", "detect"), help="task (task)")
-    parser.add_argument("--data", help="dataset root; its train split is divided into folds (data.root)")
-    parser.add_argument("--model", help="architecture (model.name)")
-    parser.add_argument("--weights", help="auto, imagenet, none or a weights file path (model.weights)")
-    parser.add_argument("--epochs", type=int, help="training epochs per fold (train.epochs)")
-    parser.add_argument("--seed", type=int, help="seed of the folds and of every run (train.seed)")
-    parser.add_argument("--output", help="root of the fold runs and the table (train.output)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="console log level")
+    add_run_flags(parser, ("task", "data", "model", "weights", "epochs", "batch_size", "img_size", "lr", "device",
+                           "workers", "seed", "output"),
+                  data="dataset folder or file; its train split is divided into folds (data.root)",
+                  epochs="training epochs per fold (train.epochs)",
+                  seed="seed of the folds and of every run (train.seed)",
+                  output="root of the fold runs and the table (train.output)")
+    add_log_level(parser)
     return parser
-
-
-FLAG_KEYS = {"task": "task", "data": "data.root", "model": "model.name", "weights": "model.weights",
-             "epochs": "train.epochs", "seed": "train.seed", "output": "train.output"}
 
 
 def main(args: argparse.Namespace) -> int:
     from detkit.config import load_config
-    from detkit.engine.kfold import format_kfold_table, run_kfold
+    from detkit.engine.kfold import run_kfold_and_report
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    flags = [(key, getattr(args, flag)) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
-    cfg = load_config(args.config, [*args.overrides, *flags])
-    result = run_kfold(cfg, args.folds)
-    print(format_kfold_table(result))
-    print(f"k-fold table: {Path(cfg.train.output) / 'kfold.csv'} and kfold.json")
+    configure_logging(args.log_level)
+    cfg = load_config(args.config, [*args.overrides, *flag_overrides(args)])
+    print(run_kfold_and_report(cfg, args.folds))
     return 0
 
 

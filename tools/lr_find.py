@@ -14,34 +14,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from pathlib import Path
+
+from detkit.cli import add_log_level, add_run_flags, configure_logging, flag_overrides
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    parser.add_argument("--task", choices=("classify", "detect"), help="task (task)")
-    parser.add_argument("--data", help="dataset root (data.root)")
-    parser.add_argument("--model", help="architecture (model.name)")
-    parser.add_argument("--weights", help="auto, imagenet, none or a weights file path (model.weights)")
-    parser.add_argument("--batch-size", type=int, help="images per batch (data.batch_size)")
-    parser.add_argument("--img-size", type=int, help="network input side in pixels (data.img_size)")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
+    add_run_flags(parser, ("task", "data", "model", "weights", "batch_size", "img_size", "device", "workers", "seed"))
     parser.add_argument("--steps", type=int, default=100, help="steps of the sweep (default 100)")
     parser.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
     parser.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for lr_find.png and lr_find.json (default: <train.output>/lr_find)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="console log level")
+    add_log_level(parser)
     return parser
-
-
-FLAG_KEYS = {"task": "task", "data": "data.root", "model": "model.name", "weights": "model.weights",
-             "batch_size": "data.batch_size", "img_size": "data.img_size", "device": "train.device"}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,10 +39,8 @@ def main(args: argparse.Namespace) -> int:
     from detkit.engine.experiment import build_experiment
     from detkit.engine.lr_finder import find_lr, save_lr_find
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    flags = [(key, getattr(args, flag)) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
-    cfg = load_config(args.config, [*args.overrides, *flags])
+    configure_logging(args.log_level)
+    cfg = load_config(args.config, [*args.overrides, *flag_overrides(args)])
     if cfg.optim.lr == "auto":  # the sweep is what auto would run: start it from the policy's lr instead
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=None))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=None))

@@ -22,7 +22,7 @@ from detkit.engine.experiment import run_experiment
 from detkit.engine.trainer import Hook
 from detkit.io import atomic_write_json, atomic_write_text
 
-__all__ = ["fold_config", "format_kfold_table", "run_kfold"]
+__all__ = ["fold_config", "format_kfold_table", "run_kfold", "run_kfold_and_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +89,10 @@ def format_kfold_table(result: dict[str, Any]) -> str:
     lines.append(f"mean {metric} {result['mean']:.4f} +- {result['std']:.4f} (sample std over "
                  f"{len(result['folds'])} folds)")
     return "\n".join(lines)
+
+
+def run_kfold_and_report(cfg: ExperimentConfig, folds: int) -> str:
+    """:func:`run_kfold`, then the text ``tools/kfold.py`` and ``finetune.py --folds`` print: the table and where
+    its files are."""
+    result = run_kfold(cfg, folds)
+    return f"{format_kfold_table(result)}\nk-fold table: {Path(cfg.train.output) / 'kfold.csv'} and kfold.json"
