@@ -132,11 +132,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if name == "sgd":
         if cfg.nesterov and cfg.momentum <= 0:
             raise ValueError(f"optim.nesterov needs optim.momentum > 0, got momentum={cfg.momentum}")
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return _fused_if_supported(torch.optim.SGD, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return _fused_if_supported(torch.optim.Adam, groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return _fused_if_supported(torch.optim.AdamW, groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
     if name == "adagrad":
@@ -144,3 +144,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if name == "adadelta":
         return torch.optim.Adadelta(groups, lr=cfg.lr, eps=cfg.eps)
     raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {cfg.name!r}")
+
+
+
+def _fused_if_supported(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]],
+                        **kwargs: Any) -> torch.optim.Optimizer:
+    """``cls(groups, fused=True, **kwargs)`` where torch has a fused kernel for these parameters (CPU and CUDA
+    float tensors: one kernel per step instead of a loop of small ops, about 4x faster for a resnet18's AdamW step
+    on the CPU, docs/benchmarks.md); the default implementation elsewhere. Same update rule either way."""
+    try:
+        return cls(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # device or dtype without a fused kernel
+        return cls(groups, **kwargs)

@@ -5,6 +5,8 @@ Group structure is checked on resnet18 built on the meta device; optimiser steps
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from torch import nn
 from detkit.engine.optim import (
     OPTIMIZERS,
     OptimConfig,
+    _fused_if_supported,
     build_optimizer,
     build_param_groups,
     no_decay_parameter_names,
@@ -144,3 +147,37 @@ def test_unknown_optimizer_and_nesterov_without_momentum_are_errors() -> None:
         build_optimizer(model, OptimConfig(name="lbfgs"))
     with pytest.raises(ValueError, match="nesterov needs optim.momentum > 0"):
         build_optimizer(model, OptimConfig(name="sgd", momentum=0.0, nesterov=True))
+
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_kernels_are_used_on_the_cpu_and_update_as_the_default_implementation(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_classifier("timm:test_resnet", 3, weights="none")
+    twin = create_classifier("timm:test_resnet", 3, weights="none")
+    twin.load_state_dict(model.state_dict())
+    cfg = OptimConfig(name=name, lr=0.01, weight_decay=0.01)
+    fused = build_optimizer(model, cfg)
+    assert all(g["fused"] for g in fused.param_groups)
+    keys = set(inspect.signature(type(fused)).parameters) - {"params", "fused"}
+    plain = type(fused)(build_param_groups(twin, cfg), **{k: v for k, v in fused.defaults.items() if k in keys})
+    assert not any(g["fused"] for g in plain.param_groups)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for m, opt in ((model, fused), (twin, plain)):
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-4)  # Adam divides by sqrt(v): tiny grads amplify rounding
+
+
+def test_parameters_without_a_fused_kernel_get_the_default_implementation() -> None:
+    class NoFusedKernel(torch.optim.SGD):  # as torch answers for a device or dtype it has no fused kernel for
+        def __init__(self, params, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("fused=True requires all the params to be floating point Tensors")
+            super().__init__(params, **kwargs)
+
+    optimizer = _fused_if_supported(NoFusedKernel, [{"params": [nn.Parameter(torch.ones(2))]}], lr=0.1)
+    assert isinstance(optimizer, NoFusedKernel) and not optimizer.defaults.get("fused")
