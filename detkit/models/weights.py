@@ -235,9 +235,10 @@ def load_file(path: str | os.PathLike, what: str = "weights file") -> Any:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # "Unsupported global": the file holds Python objects beyond tensors; detkit never unpickles them.
+        # "Unsupported global" / "GLOBAL x whose module y is blocked": the file holds Python objects beyond
+        # tensors; detkit never unpickles them.
         named = re.findall(r"GLOBAL ([\w.]+)", str(err))
-        if "Unsupported global" not in str(err):
+        if not named and "Unsupported global" not in str(err):
             raise ValueError(f"{what} {path} cannot be read: not a torch file ({_reason(err)})") from err
         advice = ("detkit's own checkpoints hold tensors and plain values only, so this one was changed or written by "
                   "another program" if what == "checkpoint" else

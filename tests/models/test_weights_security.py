@@ -6,6 +6,7 @@ Each payload would create a marker file when unpickled; the marker must never ap
 from __future__ import annotations
 
 import builtins
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,15 @@ class _SubprocessPayload:
         return subprocess.call, ([sys.executable, "-c", f"open({str(self.marker)!r}, 'w').write('ran')"],)
 
 
-PAYLOADS = {"builtins.exec": _ExecPayload, "subprocess.call": _SubprocessPayload}
+class _SystemPayload:  # os.system pickles as posix.system, a module torch's unpickler blocks (another message)
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {str(self.marker)!r}",)
+
+
+PAYLOADS = {"builtins.exec": _ExecPayload, "subprocess.call": _SubprocessPayload, "os.system": _SystemPayload}
 
 
 def _poisoned(path: Path, payload: type, marker: Path) -> Path:
