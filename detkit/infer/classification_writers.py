@@ -21,7 +21,7 @@ import torch
 from detkit.data.images import write_image
 from detkit.infer.classifier import ClassificationPredictor
 from detkit.infer.sources import find_sources
-from detkit.infer.writers import ImageRunSummary, check_output_location, read_batch
+from detkit.infer.writers import ImageRunSummary, check_output_location, iter_batches
 from detkit.io import atomic_write_json, atomic_write_text
 from detkit.viz.sheet import render_contact_sheet
 
@@ -109,11 +109,7 @@ def run_classification(
     rows: list[dict[str, Any]] = []
     thumbs: list[tuple[np.ndarray, list[str]]] = []
     start = time.perf_counter()
-    for offset in range(0, len(files), predictor.batch_size):
-        indices = range(offset, min(offset + predictor.batch_size, len(files)))
-        chunk, images = read_batch(files, indices, summary.skipped)
-        if not images:
-            continue
+    for chunk, images in iter_batches(files, predictor.batch_size, summary.skipped):
         for index, image, top in zip(chunk, images, top_k(predictor.predict(images), predictor.classes, topk)):
             rows.append({"file_name": str(files[index]), "top": top})
             if contact_sheet and len(thumbs) < sheet_images:

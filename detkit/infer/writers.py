@@ -169,6 +169,16 @@ def read_batch(files: Sequence[Path], indices: range,
     return chunk, images
 
 
+def iter_batches(files: Sequence[Path], batch_size: int,
+                 skipped: list[tuple[str, str]]) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """``(indices, images)`` for each run of ``batch_size`` files that holds a readable one (:func:`read_batch`:
+    unreadable files are appended to ``skipped``)."""
+    for offset in range(0, len(files), batch_size):
+        chunk, images = read_batch(files, range(offset, min(offset + batch_size, len(files))), skipped)
+        if images:
+            yield chunk, images
+
+
 def run_detection(
     predictor: Any,
     source: str | os.PathLike,
@@ -208,11 +218,7 @@ def run_detection(
     results: list[dict[str, Any]] = []
     names = _unique_stems(files)
     start = time.perf_counter()
-    for offset in range(0, len(files), predictor.batch_size):
-        indices = range(offset, min(offset + predictor.batch_size, len(files)))
-        chunk, images = read_batch(files, indices, summary.skipped)
-        if not images:
-            continue
+    for chunk, images in iter_batches(files, predictor.batch_size, summary.skipped):
         for index, image, det in zip(chunk, images, predictor.predict(images)):
             summary.images += 1
             summary.detections += len(det["scores"])
