@@ -24,21 +24,20 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from benchmarks.quality_refs import ResNetTrunk
+
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-EXTRA_CHANNELS = (512, 256, 256, 256)
 TARGET = 1.0
 
 
@@ -140,48 +139,9 @@ def _fixed_batches(root: Path, size: int, batch_size: int, count: int) -> list[t
     return batches
 
 
-class Resnet18Trunk(nn.Module):
-    """torchvision's resnet18 with resnet18_ssd's levels: [layer2,] layer3, layer4, then 4 extra blocks.
-
-    Each extra block is conv1x1 -> GroupNorm -> ReLU -> conv3x3 stride 2 -> GroupNorm -> ReLU (channels 512, 256,
-    256, 256), as detkit's. Shapes: ``forward(Tensor[B, 3, H, W])`` -> ``OrderedDict`` of the maps, finest first.
-    """
-
-    def __init__(self, first_level: str) -> None:
-        import torchvision
-
-        super().__init__()
-        r = torchvision.models.resnet18(weights=None)
-        self.body = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2)
-        self.layer3, self.layer4 = r.layer3, r.layer4
-        self.with_layer2 = first_level == "layer2"
-        channels = ([128] if self.with_layer2 else []) + [256, 512]
-        extras = []
-        for out in EXTRA_CHANNELS:
-            mid = out // 2
-            extras.append(nn.Sequential(
-                nn.Conv2d(channels[-1], mid, 1, bias=False), nn.GroupNorm(math.gcd(32, mid), mid), nn.ReLU(inplace=True),
-                nn.Conv2d(mid, out, 3, stride=2, padding=1, bias=False), nn.GroupNorm(math.gcd(32, out), out),
-                nn.ReLU(inplace=True)))  # fmt: skip
-            channels.append(out)
-        self.extras = nn.ModuleList(extras)
-        self.out_channels = channels
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        x = self.body(x)
-        features = [x] if self.with_layer2 else []
-        x = self.layer3(x)
-        features.append(x)
-        x = self.layer4(x)
-        features.append(x)
-        for block in self.extras:
-            x = block(x)
-            features.append(x)
-        return OrderedDict((str(i), f) for i, f in enumerate(features))
-
-
 def _models(size: int, first_level: str, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """detkit's resnet18_ssd and torchvision's SSD on :class:`Resnet18Trunk`, same anchors, both in train mode."""
+    """detkit's resnet18_ssd and torchvision's SSD on the quality benchmark's :class:`ResNetTrunk` (torchvision's
+    resnet18 with resnet18_ssd's levels and extra blocks), same anchors, both in train mode."""
     from torchvision.models.detection.ssd import SSD, DefaultBoxGenerator, SSDHead
 
     from detkit.config import DetectConfig
@@ -189,7 +149,7 @@ def _models(size: int, first_level: str, num_classes: int) -> tuple[nn.Module, n
 
     torch.manual_seed(0)
     ours = build_detector("resnet18_ssd", num_classes, "none", DetectConfig(first_level=first_level))
-    trunk = Resnet18Trunk(first_level)
+    trunk = ResNetTrunk(first_level)
     ratios = ours.anchor_generator.aspect_ratios
     anchors = DefaultBoxGenerator(ratios, min_ratio=0.1, max_ratio=0.9)  # resnet18_ssd's scales
     head = SSDHead(trunk.out_channels, anchors.num_anchors_per_location(), num_classes + 1)

@@ -142,24 +142,27 @@ class CocoFolder(torch.utils.data.Dataset):
 
 
 class ResNetTrunk(nn.Module):
-    """resnet18 without its classifier, returning layer3, layer4 and 4 extra down-sampling blocks.
+    """resnet18 without its classifier, returning [layer2,] layer3, layer4 and 4 extra down-sampling blocks.
 
-    The levels and channels of detkit's ``resnet18_ssd`` (first level layer3, extra channels 512, 256, 256,
-    256, each extra block conv1x1 -> GroupNorm -> ReLU -> conv3x3 stride 2 -> GroupNorm -> ReLU).
+    The levels and channels of detkit's ``resnet18_ssd`` (first level layer3, or layer2 with ``first_level=
+    "layer2"``; extra channels 512, 256, 256, 256, each extra block conv1x1 -> GroupNorm -> ReLU -> conv3x3 stride 2
+    -> GroupNorm -> ReLU). Also the reference trunk of ``tools/bench.py detect-train``.
 
-    Shapes: ``forward(Tensor[B, 3, H, W]) -> OrderedDict`` of 6 maps, strides 16, 32, 64, ... (1 x 1 at least).
+    Shapes: ``forward(Tensor[B, 3, H, W]) -> OrderedDict`` of the maps, finest first (strides [8,] 16, 32, 64, ...,
+    1 x 1 at least).
     """
 
     extra_channels = (512, 256, 256, 256)
 
-    def __init__(self) -> None:
+    def __init__(self, first_level: str = "layer3") -> None:
         import torchvision
 
         super().__init__()
         r = torchvision.models.resnet18(weights=None)
-        self.body = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3)
-        self.layer4 = r.layer4
-        channels, extras = [256, 512], []
+        self.body = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2)
+        self.layer3, self.layer4 = r.layer3, r.layer4
+        self.with_layer2 = first_level == "layer2"
+        channels, extras = ([128] if self.with_layer2 else []) + [256, 512], []
         for out in self.extra_channels:
             mid = out // 2
             block = nn.Sequential(
@@ -177,7 +180,9 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         x = self.body(x)
-        features = [x]
+        features = [x] if self.with_layer2 else []
+        x = self.layer3(x)
+        features.append(x)
         x = self.layer4(x)
         features.append(x)
         for block in self.extras:
