@@ -7,9 +7,11 @@ import torch
 
 
 @pytest.fixture
-def single_thread():
-    """One intra-op thread (tiny models on a shared 2-core machine: spinning OpenMP threads make them 10x slower);
+def single_thread(monkeypatch):
+    """One intra-op thread (tiny models on a shared 2-core machine: spinning OpenMP threads make them 10x slower)
+    and offline pretrained-weight lookups (``DETKIT_OFFLINE=1`` even where the environment says otherwise);
     deterministic algorithms are switched off again afterwards."""
+    monkeypatch.setenv("DETKIT_OFFLINE", "1")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

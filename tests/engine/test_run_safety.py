@@ -22,13 +22,7 @@ from detkit.models.checkpoint import load_checkpoint
 from image_folders import make_image_folder
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(monkeypatch):
-    monkeypatch.setenv("DETKIT_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/engine/conftest.py
 
 
 def _data(n: int = 12) -> TensorDataset:

@@ -34,15 +34,7 @@ def tiny_config(root: Path, output: Path, *overrides: str) -> ExperimentConfig:
     return load_config(None, [*base, *overrides])
 
 
-@pytest.fixture(autouse=True)
-def _offline_single_thread(monkeypatch):
-    # One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make tiny models 10x slower.
-    monkeypatch.setenv("DETKIT_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/engine/conftest.py
 
 
 def test_fit_writes_the_run_directory(tmp_path):

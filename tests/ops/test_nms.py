@@ -125,13 +125,18 @@ def _crossover_boxes(kind: str, n: int, g: torch.Generator, make_boxes) -> torch
     return _clustered(n, g, objects=50, extent=1000.0).float()
 
 
+def _around_the_crossover(kind: str, g: torch.Generator, make_boxes):
+    """``(n, boxes)`` just below, at and above the shipped CPU crossover (``_KERNEL_MAX_CPU``: the kernel alone up to
+    it, one or more rounds above), and past one more round."""
+    crossover = nms_module._KERNEL_MAX_CPU
+    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1):
+        yield n, _crossover_boxes(kind, n, g, make_boxes)
+
+
 @pytest.mark.parametrize("kind", ["random", "crowded", "clustered"])
 def test_nms_matches_torchvision_around_the_crossover(kind, make_boxes):
-    # the shipped constants: the kernel alone up to _KERNEL_MAX_CPU boxes, one or more rounds above
-    crossover = nms_module._KERNEL_MAX_CPU
     g = torch.Generator().manual_seed(12)
-    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1):
-        boxes = _crossover_boxes(kind, n, g, make_boxes)
+    for n, boxes in _around_the_crossover(kind, g, make_boxes):
         for scores in (torch.rand(n, generator=g), (torch.rand(n, generator=g) * 8).round()):  # ties too
             for threshold in (0.3, 0.7):
                 expected = torchvision.ops.nms(boxes, scores, threshold)
@@ -473,10 +478,8 @@ def test_soft_nms_known_values_and_dtypes():
 @pytest.mark.parametrize("kind", ["random", "crowded", "clustered"])
 def test_nms_on_cuda_matches_torchvision_around_the_cpu_crossover(kind, make_boxes):
     # CUDA runs the block engine at every size; the CPU crossover sizes are checked there too
-    crossover = nms_module._KERNEL_MAX_CPU
     g = torch.Generator().manual_seed(16)
-    for n in (crossover - 1, crossover, crossover + 1, crossover + nms_module._KERNEL_BLOCK_CPU + 1):
-        boxes = _crossover_boxes(kind, n, g, make_boxes)
+    for n, boxes in _around_the_crossover(kind, g, make_boxes):
         scores = (torch.rand(n, generator=g) * 8).round()
         keep = nms(boxes.cuda(), scores.cuda(), 0.5).cpu()
         assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5)), (kind, n)
