@@ -146,7 +146,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {cfg.name!r}")
 
 
-
 def _fused_if_supported(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]],
                         **kwargs: Any) -> torch.optim.Optimizer:
     """``cls(groups, fused=True, **kwargs)`` where torch has a fused kernel for these parameters (CPU and CUDA

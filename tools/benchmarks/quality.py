@@ -127,8 +127,8 @@ def _budget(args: argparse.Namespace, task: str, size: int) -> Budget:
 
 
 def _classify_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool) -> dict[str, Any]:
-    from detkit.engine.policy import default_lr as policy_lr, fill_optim
     from detkit.config import OptimConfig
+    from detkit.engine.policy import fill_optim
 
     budget = _budget(args, "classify", SETS[name].img_size)
     flags = ["--task", "classify", "--data", str(root), "--model", "resnet18", "--weights", "none",
@@ -137,7 +137,7 @@ def _classify_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool
     rows.append(_reference_row("plain PyTorch loop", lambda: plain_classify(root, budget)))
     if args.lr_grid is not None:
         # the lr a flags-only run from scratch trains at: the scratch policy's, for the optimiser it picks
-        default_lr = policy_lr("scratch", fill_optim(OptimConfig(), "scratch")[0].name)
+        default_lr = fill_optim(OptimConfig(), "scratch")[0].lr
         grid = args.lr_grid or [f * default_lr for f in LR_GRID_FACTORS]
         for lr in grid:
             if _same_lr(lr, default_lr) and not args.lr_grid:
