@@ -37,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from detkit.config import load_config
     from detkit.engine.experiment import build_experiment
-    from detkit.engine.lr_finder import find_lr, save_lr_find
+    from detkit.engine.lr_finder import PEAK_FACTOR, find_lr, save_lr_find
 
     configure_logging(args.log_level)
     cfg = load_config(args.config, [*args.overrides, *flag_overrides(args)])
@@ -51,10 +51,11 @@ def main(args: argparse.Namespace) -> int:
                      end_lr=args.end_lr, num_steps=args.steps, amp_dtype=trainer.amp_dtype)
     out = args.output if args.output is not None else Path(cfg.train.output) / "lr_find"
     json_path, png_path = save_lr_find(result, out)
-    valley = "n/a" if result.valley is None else f"{result.valley:.3g}"
-    steepest = "n/a" if result.steepest is None else f"{result.steepest:.3g}"
-    print(f"suggested optim.lr {result.suggestion:.3g} (valley {valley}, steepest {steepest}; {len(result.lrs)} steps, "
-          f"{result.stopped}); plot {png_path}, data {json_path}")
+    minimum, valley, steepest = (("n/a" if lr is None else f"{lr:.3g}")
+                                 for lr in (result.minimum, result.valley, result.steepest))
+    print(f"suggested optim.lr {result.suggestion:.3g} ({PEAK_FACTOR:g}x the loss minimum {minimum}, kept {PEAK_FACTOR:g}x "
+          f"below where it blows up; valley {valley}, steepest {steepest}; {len(result.lrs)} steps, {result.stopped}); "
+          f"plot {png_path}, data {json_path}")
     return 0
 
 

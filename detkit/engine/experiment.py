@@ -374,8 +374,8 @@ def _find_lr(cfg: ExperimentConfig, task: Task, model: nn.Module, loader: Any, s
     amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
     result = find_lr(model, task, optimizer, loader, base_lr=provisional.lr, device=device, amp_dtype=amp_dtype)
     save_lr_find(result, Path(cfg.train.output) / "lr_find")
-    summary["lr_find"] = {"suggestion": result.suggestion, "valley": result.valley, "steepest": result.steepest,
-                          "stopped": result.stopped}
+    summary["lr_find"] = {"suggestion": result.suggestion, "minimum": result.minimum, "valley": result.valley,
+                          "steepest": result.steepest, "stopped": result.stopped}
     logger.info("optim.lr: auto -> %.3g (LR finder; plot in %s)", result.suggestion,
                 Path(cfg.train.output) / "lr_find" / "lr_find.png")
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=float(result.suggestion)))

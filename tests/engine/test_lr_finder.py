@@ -12,7 +12,8 @@ from torch import nn
 
 from detkit.config import load_config
 from detkit.engine.experiment import build_experiment
-from detkit.engine.lr_finder import find_lr, save_lr_find, steepest_lr, valley_lr
+from detkit.engine.lr_finder import (PEAK_FACTOR, find_lr, minimum_lr, save_lr_find, steepest_lr, suggest_lr,
+                                     valley_lr)
 from image_folders import make_image_folder
 
 
@@ -48,6 +49,26 @@ def test_valley_and_steepest_find_the_descent_of_a_known_curve():
     assert valley_lr(lrs[:4], losses[:4]) is None and steepest_lr(lrs[:3], losses[:3]) is None
 
 
+def test_minimum_is_not_moved_by_lag_and_the_suggestion_is_three_times_it_within_the_caps():
+    rng = np.random.default_rng(0)
+    lrs = list(np.logspace(-7, 1, 101))  # 12.5 points per decade, fastai's sweep
+    x = np.log10(lrs)
+    losses = list(2.0 - 0.8 * np.exp(-((x + 3.0) ** 2) / 0.8) + rng.normal(0, 0.02, x.size))  # minimum at 1e-3
+    assert 10 ** -3.25 < minimum_lr(lrs, losses) < 10 ** -2.75
+    ema, average = [], 0.0
+    for i, value in enumerate(losses):
+        average = 0.98 * average + 0.02 * value
+        ema.append(average / (1 - 0.98 ** (i + 1)))
+    assert lrs[int(np.argmin(ema))] > 10 ** -2.5  # the exponential average's minimum lags towards higher lrs
+    assert suggest_lr(lrs, losses) == pytest.approx(PEAK_FACTOR * minimum_lr(lrs, losses))
+    # a positive loss past 4x its minimum soon after it: the suggestion stays a factor 3 below that lr (the centred
+    # average is 5 steps wide here: at step 56 it holds two of the 0.9s, (3 x 0.1 + 2 x 0.9) / 5 = 0.42 > 0.4)
+    blowing_up = [1.0] * 50 + [0.1] * 7 + [0.9] * 44  # the minimum is at steps 52-54, around lr 1e-3
+    assert suggest_lr(lrs, blowing_up) == pytest.approx(lrs[56] / PEAK_FACTOR)
+    assert minimum_lr(lrs[:4], losses[:4]) is None and suggest_lr(lrs[:4], losses[:4]) is None
+    assert minimum_lr(lrs[:20], losses[:19] + [float("nan")]) == minimum_lr(lrs[:19], losses[:19])  # NaN ends it
+
+
 def test_sweep_suggests_an_lr_where_the_loss_falls_and_writes_its_files(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
@@ -55,7 +76,9 @@ def test_sweep_suggests_an_lr_where_the_loss_falls_and_writes_its_files(tmp_path
     result = find_lr(model, _Regression(), optimizer, _batches(), base_lr=0.01, start_lr=1e-5, end_lr=10.0,
                      num_steps=60)
     assert result.stopped == "loss diverged" and len(result.lrs) < 60  # least squares blows up past lr ~ 1
-    assert 1e-3 < result.suggestion < 1.0 and result.suggestion == result.valley
+    # least squares: Hessian 2I, stable below lr 1; the loss falls until it blows up, so the edge decides (3x
+    # the minimum would be past the divergence)
+    assert result.minimum is not None and 0.1 < result.suggestion < 1.0 < PEAK_FACTOR * result.minimum
     assert result.lrs == sorted(result.lrs) and result.lrs[0] == pytest.approx(1e-5)
     json_path, png_path = save_lr_find(result, tmp_path / "lr_find")
     saved = json.loads(json_path.read_text())

@@ -14,7 +14,7 @@ pytest.importorskip("skimage")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from benchmarks import quality_sets  # noqa: E402
-from benchmarks.quality import _verdict, help_offers_lr_auto  # noqa: E402
+from benchmarks.quality import _over_seeds, _verdict, help_offers_lr_auto  # noqa: E402
 from detkit.data.classification import ImageFolderDataset  # noqa: E402
 from detkit.data.detection import load_coco_json, validate_coco  # noqa: E402
 from detkit.data.images import read_image  # noqa: E402
@@ -108,3 +108,13 @@ def test_verdict_allows_the_tolerance_and_reports_failed_runs():
     assert _verdict({"value": 0.71}, {"value": 0.73}, "within", 0.03)["met"]
     assert not _verdict({"value": 0.69}, {"value": 0.73}, "within", 0.03)["met"]
     assert _verdict({"value": None}, {"value": 0.73}, "within", 0.03)["met"] is None
+
+
+def test_rows_over_seeds_are_the_mean_with_each_seed_kept():
+    rows = [{"impl": "detkit flags --lr auto", "value": 0.5, "wall_s": 10.0, "best_epoch": 3, "suggestion": 1e-3},
+            {"impl": "detkit flags --lr auto", "value": 0.7, "wall_s": 12.0, "best_epoch": 9, "suggestion": 3e-3}]
+    merged = _over_seeds(rows, [0, 1])
+    assert merged["value"] == pytest.approx(0.6) and merged["per_seed"] == [0.5, 0.7]
+    assert merged["wall_s"] == 22.0 and merged["suggestion"] == [1e-3, 3e-3] and "best_epoch" not in merged
+    assert _over_seeds([rows[0], {**rows[1], "value": None}], [0, 1])["value"] is None  # a failed seed: no mean
+    assert _over_seeds(rows[:1], [0]) is rows[0]  # one seed: the row itself

@@ -264,26 +264,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """Wall time and CPU time of the calling thread for one call, in seconds."""
+# one timed sample of a fast call repeats it until the sample lasts about this long (as timeit's autorange):
+# a single call of under a millisecond is at the mercy of timer and cache noise
+_SAMPLE_S = 0.02
+_MAX_CALLS = 1000
+
+
+def _timed(fn: Callable[[], object], device: torch.device, number: int = 1) -> tuple[float, float]:
+    """Wall time and CPU time of the calling thread per call, in seconds, over ``number`` consecutive calls."""
     _sync(device)
     start, start_cpu = time.perf_counter(), time.thread_time()
-    fn()
+    for _ in range(number):
+        fn()
     _sync(device)
-    return time.perf_counter() - start, time.thread_time() - start_cpu
+    return (time.perf_counter() - start) / number, (time.thread_time() - start_cpu) / number
+
+
+def _calls_per_sample(seconds: float) -> int:
+    """Consecutive calls in one timed sample of a call that took ``seconds``: enough for about ``_SAMPLE_S``."""
+    return max(1, min(_MAX_CALLS, int(_SAMPLE_S / max(seconds, 1e-9))))
 
 
 def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, device: torch.device,
                          slow: dict[str, float]) -> dict[str, tuple[float, float]]:
-    """Median wall and CPU time (ms) of each implementation, the calls interleaved round by round.
+    """Median wall and CPU time (ms) per call of each implementation, the samples interleaved round by round.
 
-    Every round calls each implementation once, in an order that rotates from round to round, so
-    that a change of load on the machine hits all of them alike. A first call of each warms caches,
-    lazy initialisation and CUDA kernels and is not counted; an implementation named in ``slow``
-    (reference loops) whose first call takes longer than its limit in seconds is measured by that
-    call alone, and the others in ``slow`` run at most 3 rounds.
+    Every round takes one sample of each implementation, in an order that rotates from round to round, so
+    that a change of load on the machine hits all of them alike. A sample is one call, or for calls faster
+    than ``_SAMPLE_S`` as many consecutive calls as fill about that time (the per-call mean of the sample
+    is what the median is taken over). A first call of each warms caches, lazy initialisation and CUDA
+    kernels and is not counted; an implementation named in ``slow`` (reference loops) whose first call
+    takes longer than its limit in seconds is measured by that call alone, and the others in ``slow`` run
+    at most 3 rounds of single calls.
     """
     first = {impl: _timed(fn, device) for impl, fn in fns.items()}
+    number = {impl: 1 if impl in slow else _calls_per_sample(first[impl][0]) for impl in fns}
     runs: dict[str, list[tuple[float, float]]] = {impl: [] for impl in fns}
     for impl, limit in slow.items():
         if impl in first and first[impl][0] > limit:
@@ -293,7 +308,7 @@ def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, devi
         for impl in names[i % len(names):] + names[: i % len(names)]:
             if impl in slow and (len(runs[impl]) >= 3 or first[impl][0] > slow[impl]):
                 continue
-            runs[impl].append(_timed(fns[impl], device))
+            runs[impl].append(_timed(fns[impl], device, number[impl]))
     return {impl: (statistics.median(r[0] for r in rs) * 1e3, statistics.median(r[1] for r in rs) * 1e3)
             for impl, rs in runs.items()}
 

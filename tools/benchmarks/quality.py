@@ -65,6 +65,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "which the flags-only runs use too)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every training (OMP_NUM_THREADS)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sets and of every training")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="classification: train every row with this many seeds (--seed, --seed + 1, ...) and "
+                             "compare the means (the val sets are small: one seed's accuracy moves by a few "
+                             "points with the lr or the seed)")
     parser.add_argument("--lr-grid", nargs="*", type=float, default=None, metavar="LR",
                         help="also train detkit flags-only at these --lr values (no values: 0.3x, 1x and 3x "
                              "detkit's default lr, the 1x run being the flags-only row)")
@@ -133,8 +137,17 @@ def _classify_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool
     budget = _budget(args, "classify", SETS[name].img_size)
     flags = ["--task", "classify", "--data", str(root), "--model", "resnet18", "--weights", "none",
              "--epochs", str(budget.epochs), "--batch-size", str(budget.batch_size), "--img-size", str(budget.img_size)]
-    rows = [_finetune_row("detkit flags", flags, args.runs / name / "detkit_flags", args.threads, "val_acc")]
-    rows.append(_reference_row("plain PyTorch loop", lambda: plain_classify(root, budget)))
+    seeds = [budget.seed + i for i in range(args.seeds)]
+
+    def detkit_row(impl: str, extra: list[str], folder: str) -> dict[str, Any]:
+        return _over_seeds([_finetune_row(impl, [*flags, *extra, *_seed_flag(seed, args.seeds)],
+                                          args.runs / name / _seed_folder(folder, seed, args.seeds), args.threads,
+                                          "val_acc") for seed in seeds], seeds)
+
+    rows = [detkit_row("detkit flags", [], "detkit_flags")]
+    rows.append(_over_seeds([_reference_row("plain PyTorch loop",
+                                            lambda s=seed: plain_classify(root, dataclasses.replace(budget, seed=s)))
+                             for seed in seeds], seeds))
     if args.lr_grid is not None:
         # the lr a flags-only run from scratch trains at: the scratch policy's, for the optimiser it picks
         default_lr = fill_optim(OptimConfig(), "scratch")[0].lr
@@ -143,12 +156,9 @@ def _classify_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool
             if _same_lr(lr, default_lr) and not args.lr_grid:
                 rows.append({**rows[0], "impl": f"detkit flags --lr {lr:g} (default)", "lr": lr})
                 continue
-            out = args.runs / name / f"detkit_lr_{lr:g}"
-            rows.append({**_finetune_row(f"detkit flags --lr {lr:g}", [*flags, "--lr", repr(lr)], out, args.threads,
-                                         "val_acc"), "lr": lr})
+            rows.append({**detkit_row(f"detkit flags --lr {lr:g}", ["--lr", repr(lr)], f"detkit_lr_{lr:g}"), "lr": lr})
     if lr_auto:
-        rows.append(_finetune_row("detkit flags --lr auto", [*flags, "--lr", "auto"], args.runs / name / "detkit_lr_auto",
-                                  args.threads, "val_acc"))
+        rows.append(detkit_row("detkit flags --lr auto", ["--lr", "auto"], "detkit_lr_auto"))
     verdicts = [_verdict(rows[0], rows[1], "detkit >= plain loop", 0.0)]
     grid_rows = [r for r in rows if "lr" in r and r.get("value") is not None]
     auto_rows = [r for r in rows if r["impl"].endswith("--lr auto")]
@@ -156,8 +166,32 @@ def _classify_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool
         best = max(grid_rows, key=lambda r: r["value"])
         verdicts.append(_verdict(auto_rows[0], best, f"lr auto within {LR_AUTO_TOLERANCE} of the best grid lr "
                                                      f"({best['lr']:g})", LR_AUTO_TOLERANCE))
-    return {"task": "classify", "metric": "best val accuracy", "budget": dataclasses.asdict(budget),
-            "images": _counts(root), "rows": rows, "verdicts": verdicts}
+    return {"task": "classify", "metric": "best val accuracy" + (f", mean of {len(seeds)} seeds" if len(seeds) > 1
+                                                                 else ""),
+            "budget": dataclasses.asdict(budget), "seeds": seeds, "images": _counts(root), "rows": rows,
+            "verdicts": verdicts}
+
+
+def _seed_flag(seed: int, n_seeds: int) -> list[str]:
+    return ["--seed", str(seed)] if n_seeds > 1 else []  # one seed: exactly the command a user types
+
+
+def _seed_folder(folder: str, seed: int, n_seeds: int) -> str:
+    return f"{folder}_seed{seed}" if n_seeds > 1 else folder
+
+
+def _over_seeds(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One row from the runs of each seed: the mean metric (None if a run failed), each seed's value kept."""
+    if len(rows) == 1:
+        return rows[0]
+    values = [r.get("value") for r in rows]
+    merged = {**rows[0], "value": None if None in values else statistics.mean(values), "seeds": seeds,
+              "per_seed": values, "wall_s": sum(r["wall_s"] for r in rows)}
+    for key in ("best_epoch", "last", "per_epoch"):
+        merged.pop(key, None)
+    if all("suggestion" in r for r in rows):
+        merged["suggestion"] = [r["suggestion"] for r in rows]
+    return merged
 
 
 def _detect_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool) -> dict[str, Any]:
@@ -218,6 +252,9 @@ def _finetune_row(impl: str, flags: list[str], out: Path, threads: int, metric: 
     epochs = json.loads(metrics_file.read_text(encoding="utf-8"))["epochs"]
     scored = [e for e in epochs if metric in e]
     best = max(scored, key=lambda e: e[metric])
+    finder = out / "lr_find" / "lr_find.json"
+    if finder.is_file():  # an --lr auto run: the lr it trained at
+        row["suggestion"] = float(json.loads(finder.read_text(encoding="utf-8"))["suggestion"])
     row.update(value=float(best[metric]), best_epoch=best["epoch"], last=float(scored[-1][metric]),
                per_epoch=[float(e[metric]) for e in scored],
                images_per_s=statistics.median(e["images_per_s"] for e in epochs if "images_per_s" in e))
@@ -275,7 +312,10 @@ def _print_set(name: str, result: dict[str, Any]) -> None:
     b = result["budget"]
     print(f"  {name}: {result['metric']}, {b['epochs']} epochs, {b['img_size']} px, batch {b['batch_size']}")
     for row in result["rows"]:
-        print(f"    {row['impl']:<42} {_fmt(row.get('value'))}   {row['wall_s']:7.0f} s")
+        seeds = f"  (seeds: {' '.join(_fmt(v) for v in row['per_seed'])})" if "per_seed" in row else ""
+        lrs = row.get("suggestion")
+        found = "" if lrs is None else "  lr " + " ".join(f"{lr:.2g}" for lr in (lrs if isinstance(lrs, list) else [lrs]))
+        print(f"    {row['impl']:<42} {_fmt(row.get('value'))}   {row['wall_s']:7.0f} s{seeds}{found}")
     for v in result["verdicts"]:
         print(f"    {v['text']}")
 
