@@ -49,7 +49,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="input side and first level of each case, SIZE:LEVEL comma-separated")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step")
     parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts, comma-separated")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation (after 2 warm-up)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per implementation (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=4,
+                        help="untimed steps per implementation first (bf16 steps on the CPU take about 3 to settle)")
     parser.add_argument("--images", type=int, default=96, help="generated shapes images (160-320 px, as make demo)")
     parser.add_argument("--workers", default="0,1", help="DataLoader worker counts of the data-share loop, comma-separated")
     parser.add_argument("--data-steps", type=int, default=6, help="steps per data-share measurement")
@@ -61,6 +63,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.cases, args.threads, args.repeats, args.images, args.data_steps = "128:layer2", "1", 2, 24, 2
+        args.warmup = 1
         args.workers = "0"
     cases = [(int(size), level) for size, level in (c.split(":") for c in args.cases.split(","))]
     threads = [int(t) for t in args.threads.split(",")]
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             batches = _fixed_batches(root, size, args.batch_size, count=3)
             for n_threads in threads:
                 for amp in (False, True) if args.amp else (False,):
-                    results["steps"].append(_compare(batches, size, level, n_threads, amp, args.repeats))
+                    results["steps"].append(_compare(batches, size, level, n_threads, amp, args.repeats,
+                                                                     args.warmup))
         for size, level in cases:
             results["data"].append(_data_share(root, size, level, max(threads), args))
     info["load_end"] = _load()
@@ -180,8 +184,9 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, ta
     optimizer.step()
 
 
-def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repeats: int) -> dict[str, Any]:
-    """Median wall and CPU seconds per step, steps interleaved (the order rotating), after 2 warm-up steps each.
+def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repeats: int, warmup: int = 4
+             ) -> dict[str, Any]:
+    """Median wall and CPU seconds per step, steps interleaved (the order rotating), after ``warmup`` steps each.
 
     Three runners: ``detkit`` and ``torchvision`` with the same optimiser (``torch.optim.AdamW`` as a user builds
     it: the model step alone is compared), and ``detkit as trained``, a copy of detkit's model stepped by the
@@ -201,13 +206,13 @@ def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repe
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
-    for i in range(repeats + 2):
+    for i in range(repeats + warmup):
         images, targets = batches[i % len(batches)]
         for name in names[i % 3:] + names[: i % 3]:  # rotate who goes first: no order effect
             model, is_tv = runs[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             _step(model, optimizers[name], images, targets, amp, is_tv)
-            if i >= 2:
+            if i >= warmup:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
     batch = batches[0][0].shape[0]
