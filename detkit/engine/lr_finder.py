@@ -81,10 +81,14 @@ def _cycle(loader: DataLoader) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _restored(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Put back the weights, buffers, optimiser state and lrs, train/eval mode and RNG states on exit."""
+def _restored(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any = None) -> Iterator[None]:
+    """Put back the weights, buffers, optimiser state and lrs, train/eval mode, the RNG states and the state of
+    ``loader``'s generator (its shuffling and worker seeds: training after the sweep sees the batches it would
+    have seen without it) on exit."""
     weights = copy.deepcopy(model.state_dict())
     opt_state = copy.deepcopy(optimizer.state_dict())
+    generator = getattr(loader, "generator", None)
+    generator_state = generator.get_state() if generator is not None else None
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     training = model.training
@@ -99,6 +103,8 @@ def _restored(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[No
         random.setstate(rng[2])
         if rng[3] is not None:
             torch.cuda.set_rng_state_all(rng[3])
+        if generator_state is not None:
+            generator.set_state(generator_state)
 
 
 def find_lr(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, loader: DataLoader, *,
@@ -109,7 +115,7 @@ def find_lr(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, load
 
     The loss is smoothed with ``beta`` (bias-corrected); the sweep stops early once the smoothed loss exceeds
     ``diverge`` times its minimum or is not finite. Afterwards the model's weights and buffers, the optimiser
-    state and lrs and the RNG states are restored bit for bit.
+    state and lrs, the RNG states and the loader's generator are restored bit for bit.
 
     Args:
         model: on ``device``, in the state training would start from.
@@ -134,7 +140,7 @@ def find_lr(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, load
     average, best, stopped = 0.0, math.inf, "end_lr reached"
     device = torch.device(device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    with _restored(model, optimizer):
+    with _restored(model, optimizer, loader):
         model.train()
         for step, batch in zip(range(num_steps), _cycle(loader)):
             lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1))

@@ -117,8 +117,11 @@ def test_finder_restores_weights_optimizer_state_and_rng_bit_for_bit(tmp_path):
     moments = {k: {n: t.clone() for n, t in v.items() if torch.is_tensor(t)} for k, v in opt_state["state"].items()}
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    shuffle = trainer.train_loader.generator.get_state()
     find_lr(trainer.model, trainer.task, trainer.optimizer, trainer.train_loader, base_lr=float(cfg.optim.lr or 2e-3),
             num_steps=10)
+    # the loader shuffles as it would have without the sweep: an --lr auto run sees a fixed-lr run's batches
+    assert torch.equal(trainer.train_loader.generator.get_state(), shuffle)
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, weights[name]), name
     after = trainer.optimizer.state_dict()["state"]
