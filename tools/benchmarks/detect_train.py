@@ -208,7 +208,7 @@ def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repe
     names = list(runs)
     for i in range(repeats + warmup):
         images, targets = batches[i % len(batches)]
-        for name in names[i % 3:] + names[: i % 3]:  # rotate who goes first: no order effect
+        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first: no order effect
             model, is_tv = runs[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             _step(model, optimizers[name], images, targets, amp, is_tv)
