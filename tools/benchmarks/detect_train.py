@@ -5,9 +5,12 @@ Model steps: detkit's ``resnet18_ssd`` and torchvision's ``SSD`` machinery (``SS
 torchvision's ``resnet18`` with the same feature levels (layer3, layer4 and 4 extra blocks; ``layer2`` first adds
 layer2), channels, anchors per location, scales, input size, batch, optimiser (AdamW) and thread count. Both train
 on the same batches from the shapes detection set (detkit's augmentation, fixed in advance) with full steps:
-forward, loss, backward, optimiser step. A third runner is a copy of detkit's model stepped by the optimiser
-detkit's trainer builds (fused AdamW where torch has it): what a detkit run gets, against what a user of
-torchvision's SSD builds with ``torch.optim.AdamW``. Steps rotate between the three; the table gives medians over
+forward, loss, backward, optimiser step. A third runner is a copy of detkit's model trained with the settings of
+detkit's detection recipe (``configs/shapes_det_resnet18_ssd.yaml``, what ``make demo`` runs): the optimiser its
+trainer builds from the recipe's ``optim`` section (fused AdamW where torch has it) and the recipe's
+``train.channels_last`` (model and every batch in channels-last memory format, the conversion inside the timed
+step as in the trainer): what a detkit run gets, against what a user of torchvision's SSD builds with
+``torch.optim.AdamW``. Steps rotate between the three; the table gives medians over
 the repeats and detkit's images/s over torchvision's, with the same optimiser and as trained (target >= 1.0).
 
 Data pipeline: detkit's real DataLoader path (``DetectionSplit`` + train augmentation + ``build_loader``) with
@@ -42,6 +45,7 @@ from benchmarks.quality_refs import ResNetTrunk
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 TARGET = 1.0
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "shapes_det_resnet18_ssd.yaml"  # the "as trained" settings
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -171,8 +175,11 @@ def _models(size: int, first_level: str, num_classes: int) -> tuple[nn.Module, n
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, targets: list[dict], amp: bool,
-          torchvision_ssd: bool) -> None:
-    """One full training step: forward, loss, backward, optimiser step."""
+          torchvision_ssd: bool, channels_last: bool = False) -> None:
+    """One full training step: forward, loss, backward, optimiser step (``channels_last``: the batch converted
+    first, as detkit's trainer does with ``train.channels_last``)."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         if torchvision_ssd:  # labels 1..C, 0 is background
             losses = model(list(images), [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
@@ -189,20 +196,25 @@ def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repe
     """Median wall and CPU seconds per step, steps interleaved (the order rotating), after ``warmup`` steps each.
 
     Three runners: ``detkit`` and ``torchvision`` with the same optimiser (``torch.optim.AdamW`` as a user builds
-    it: the model step alone is compared), and ``detkit as trained``, a copy of detkit's model stepped by the
-    optimiser detkit's trainer builds (:func:`detkit.engine.optim.build_optimizer`: fused AdamW where torch has it),
-    which is what a detkit run gets.
+    it: the model step alone is compared), and ``detkit as trained``, a copy of detkit's model with the
+    training settings of the detection recipe :data:`RECIPE`: the optimiser detkit's trainer builds from its
+    ``optim`` section (:func:`detkit.engine.optim.build_optimizer`: fused AdamW where torch has it) and its
+    ``train.channels_last``, which is what a detkit run gets.
     """
-    from detkit.config import OptimConfig
+    from detkit.config import load_config
     from detkit.engine.optim import build_optimizer
 
+    recipe = load_config(RECIPE)
     torch.set_num_threads(threads)
     ours, theirs = _models(size, level, num_classes=4)
     trained = copy.deepcopy(ours)
+    if recipe.train.channels_last:
+        trained = trained.to(memory_format=torch.channels_last)
     runs = {"detkit": (ours, False), "detkit as trained": (trained, False), "torchvision": (theirs, True)}
     optimizers = {"detkit": torch.optim.AdamW(ours.parameters(), lr=1e-4),
-                  "detkit as trained": build_optimizer(trained, OptimConfig(name="adamw", lr=1e-4)),
+                  "detkit as trained": build_optimizer(trained, recipe.optim),
                   "torchvision": torch.optim.AdamW(theirs.parameters(), lr=1e-4)}
+    channels_last = {"detkit": False, "detkit as trained": recipe.train.channels_last, "torchvision": False}
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
@@ -211,7 +223,7 @@ def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repe
         for name in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first: no order effect
             model, is_tv = runs[name]
             start, start_cpu = time.perf_counter(), time.process_time()
-            _step(model, optimizers[name], images, targets, amp, is_tv)
+            _step(model, optimizers[name], images, targets, amp, is_tv, channels_last[name])
             if i >= warmup:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
@@ -219,7 +231,8 @@ def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repe
     row = {"size": size, "first_level": level, "threads": threads, "amp": amp, "batch": batch,
            "params": {n: sum(p.numel() for p in m.parameters()) for n, (m, _) in runs.items()},
            "trainer_optimizer": type(optimizers["detkit as trained"]).__name__
-           + (" (fused)" if optimizers["detkit as trained"].defaults.get("fused") else "")}
+           + (" (fused)" if optimizers["detkit as trained"].defaults.get("fused") else ""),
+           "trainer_channels_last": recipe.train.channels_last, "recipe": RECIPE.name}
     for name in runs:
         row[name] = {"images_per_s": batch / statistics.median(wall[name]),
                      "cpu_ms_per_image": 1000 * statistics.median(cpu[name]) / batch,
@@ -229,7 +242,8 @@ def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repe
     row["ratio_as_trained"] = row["detkit as trained"]["images_per_s"] / tv
     print(f"{size} px, first level {level}, batch {batch}, {threads} thread(s){', bf16 autocast' if amp else ''}: "
           f"detkit {row['detkit']['images_per_s']:.2f} img/s ({row['detkit']['cpu_ms_per_image']:.0f} CPU ms/img), "
-          f"as trained ({row['trainer_optimizer']}) {row['detkit as trained']['images_per_s']:.2f} img/s, "
+          f"as trained ({row['trainer_optimizer']}{', channels_last' if row['trainer_channels_last'] else ''}) "
+          f"{row['detkit as trained']['images_per_s']:.2f} img/s, "
           f"torchvision SSD {tv:.2f} img/s ({row['torchvision']['cpu_ms_per_image']:.0f} CPU ms/img): "
           f"same optimiser {row['ratio']:.2f}x, as trained {row['ratio_as_trained']:.2f}x (target >= {TARGET}: "
           f"{'met' if row['ratio_as_trained'] >= TARGET else 'MISSED'} as trained, "
