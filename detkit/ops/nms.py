@@ -40,6 +40,9 @@ _FLT_MAX = 3.4028234663852886e38
 # inputs break even near 768. A sweep of this limit (load 13.6) put nms at N=1,000 at 0.86 / 0.73 /
 # 0.89 x torchvision with 512, 0.77 / 0.64 / 0.78 with 640, 0.81 / 0.65 / 0.73 with 768 and
 # 0.90 / 0.66 / 0.75 with 896; blocks of 64-256 for the kernel's round were within noise of 128.
+# Three later runs on the idle machine (samples of ~20 ms of calls) put the clustered break-even between
+# 640 (1.08-1.41) and 1,024 (0.54-0.77), 768 at 0.87-1.35, and nms at N=1,000 at 0.79-0.81 / 0.64-0.65 /
+# 0.76-0.82 x torchvision with 768.
 _KERNEL_BLOCK_CPU = 128
 _KERNEL_MAX_CPU = 768
 
