@@ -193,56 +193,71 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, ta
     optimizer.step()
 
 
+@dataclasses.dataclass
+class Runner:
+    """One timed training setup: a model, its optimiser, whether it is torchvision's SSD (its own input and label
+    conventions) and whether its batches go channels-last."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    torchvision_ssd: bool
+    channels_last: bool = False
+
+
+def _runners(size: int, level: str, recipe: Any) -> dict[str, Runner]:
+    """The four runners of :func:`_compare` on fresh models of the same weights; ``recipe`` an ExperimentConfig.
+
+    ``detkit`` and ``torchvision`` with the same optimiser (``torch.optim.AdamW`` as a user builds it: the model
+    step alone is compared); ``detkit as trained``, a copy of detkit's model with the recipe's training settings:
+    the optimiser detkit's trainer builds from its ``optim`` section (:func:`detkit.engine.optim.build_optimizer`:
+    fused AdamW where torch has it) and its ``train.channels_last`` (model converted as the trainer converts it),
+    which is what a detkit run gets; and ``torchvision with the recipe's settings``, a copy of torchvision's SSD
+    given the same memory format and optimiser class (fused alike) by hand.
+    """
+    from detkit.engine.optim import build_optimizer
+
+    ours, theirs = _models(size, level, num_classes=4)
+    memory = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    trained = copy.deepcopy(ours).to(memory_format=memory)
+    theirs_set = copy.deepcopy(theirs).to(memory_format=memory)
+    trainer_optimizer = build_optimizer(trained, recipe.optim)
+    fused = bool(trainer_optimizer.defaults.get("fused"))
+    return {
+        "detkit": Runner(ours, torch.optim.AdamW(ours.parameters(), lr=1e-4), False),
+        "detkit as trained": Runner(trained, trainer_optimizer, False, recipe.train.channels_last),
+        "torchvision": Runner(theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4), True),
+        "torchvision with the recipe's settings": Runner(
+            theirs_set, type(trainer_optimizer)(theirs_set.parameters(), lr=1e-4, fused=fused), True,
+            recipe.train.channels_last),
+    }
+
+
 def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repeats: int, warmup: int = 4
              ) -> dict[str, Any]:
-    """Median wall and CPU seconds per step, steps interleaved (the order rotating), after ``warmup`` steps each.
-
-    Three runners: ``detkit`` and ``torchvision`` with the same optimiser (``torch.optim.AdamW`` as a user builds
-    it: the model step alone is compared), and ``detkit as trained``, a copy of detkit's model with the
-    training settings of the detection recipe :data:`RECIPE`: the optimiser detkit's trainer builds from its
-    ``optim`` section (:func:`detkit.engine.optim.build_optimizer`: fused AdamW where torch has it) and its
-    ``train.channels_last``, which is what a detkit run gets; and ``torchvision with the recipe's settings``, a
-    copy of torchvision's SSD given the same memory format and optimiser by hand.
-    """
+    """Median wall and CPU seconds per step of the :func:`_runners` (the recipe :data:`RECIPE`), steps interleaved
+    (the order rotating), after ``warmup`` steps each."""
     from detkit.config import load_config
-    from detkit.engine.optim import build_optimizer
 
     recipe = load_config(RECIPE)
     torch.set_num_threads(threads)
-    ours, theirs = _models(size, level, num_classes=4)
-    trained = copy.deepcopy(ours)
-    if recipe.train.channels_last:
-        trained = trained.to(memory_format=torch.channels_last)
-    theirs_set = copy.deepcopy(theirs)
-    if recipe.train.channels_last:
-        theirs_set = theirs_set.to(memory_format=torch.channels_last)
-    runs = {"detkit": (ours, False), "detkit as trained": (trained, False), "torchvision": (theirs, True),
-            "torchvision with the recipe's settings": (theirs_set, True)}
-    trainer_optimizer = build_optimizer(trained, recipe.optim)
-    optimizers = {"detkit": torch.optim.AdamW(ours.parameters(), lr=1e-4),
-                  "detkit as trained": trainer_optimizer,
-                  "torchvision": torch.optim.AdamW(theirs.parameters(), lr=1e-4),
-                  "torchvision with the recipe's settings": type(trainer_optimizer)(
-                      theirs_set.parameters(), lr=1e-4, fused=bool(trainer_optimizer.defaults.get("fused")))}
-    channels_last = {"detkit": False, "detkit as trained": recipe.train.channels_last, "torchvision": False,
-                     "torchvision with the recipe's settings": recipe.train.channels_last}
+    runs = _runners(size, level, recipe)
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for i in range(repeats + warmup):
         images, targets = batches[i % len(batches)]
         for name in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first: no order effect
-            model, is_tv = runs[name]
+            run = runs[name]
             start, start_cpu = time.perf_counter(), time.process_time()
-            _step(model, optimizers[name], images, targets, amp, is_tv, channels_last[name])
+            _step(run.model, run.optimizer, images, targets, amp, run.torchvision_ssd, run.channels_last)
             if i >= warmup:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
     batch = batches[0][0].shape[0]
     row = {"size": size, "first_level": level, "threads": threads, "amp": amp, "batch": batch,
-           "params": {n: sum(p.numel() for p in m.parameters()) for n, (m, _) in runs.items()},
-           "trainer_optimizer": type(optimizers["detkit as trained"]).__name__
-           + (" (fused)" if optimizers["detkit as trained"].defaults.get("fused") else ""),
+           "params": {n: sum(p.numel() for p in r.model.parameters()) for n, r in runs.items()},
+           "trainer_optimizer": type(runs["detkit as trained"].optimizer).__name__
+           + (" (fused)" if runs["detkit as trained"].optimizer.defaults.get("fused") else ""),
            "trainer_channels_last": recipe.train.channels_last, "recipe": RECIPE.name}
     for name in runs:
         row[name] = {"images_per_s": batch / statistics.median(wall[name]),
