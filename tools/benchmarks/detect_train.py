@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             batches = _fixed_batches(root, size, args.batch_size, count=3)
             for n_threads in threads:
                 for amp in (False, True) if args.amp else (False,):
-                    results["steps"].append(_compare(batches, size, level, n_threads, amp, args.repeats,
-                                                                     args.warmup))
+                    row = _compare(batches, size, level, n_threads, amp, args.repeats, args.warmup)
+                    results["steps"].append(row)
         for size, level in cases:
             results["data"].append(_data_share(root, size, level, max(threads), args))
     info["load_end"] = _load()
