@@ -23,7 +23,11 @@ __all__ = ["batched_nms", "nms", "soft_nms"]
 _FIRST_BLOCK = 128
 _MAX_BLOCK = 256
 # On CUDA a round costs host syncs rather than arithmetic, so blocks are larger there (first, largest);
-# chosen by a sweep on an H100 (docs/benchmarks.md).
+# chosen by a sweep on an H100 (docs/benchmarks.md). CUDA inputs do not go to torchvision's CUDA kernel
+# as CPU inputs go to its CPU kernel: besides an unstable score sort, that kernel forms the union as
+# fma(w_b, h_b, area_a) and rounds the threshold to float32 (the PTX of torchvision 0.29's
+# nms_kernel_impl<float>), so it decides IoUs within a float32 step of the threshold differently from
+# the CPU kernel (tests/ops/test_nms.py, FMA_SENSITIVE_PAIRS).
 _BLOCKS_CUDA = (512, 2048)
 # Pairwise work is tiled to about this many elements per [rows, cols] tile (see _chunk_elems).
 _CHUNK_ELEMS_CPU = 1 << 17
@@ -418,8 +422,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
             raise ``ValueError`` (a NaN has no place in a descending order).
         iou_threshold: discards boxes with ``IoU > iou_threshold``; compared exactly as
             torchvision's CPU kernel does (float32 IoU against the threshold as a double), on every
-            device. (torchvision's CUDA kernel compares against ``float(iou_threshold)``, so for an
-            IoU exactly equal to that float32 its CUDA and CPU results differ; detkit's do not.)
+            device. (torchvision's CUDA kernel rounds the threshold to float32 and forms the union with
+            a fused multiply-add, so for IoUs within a float32 step of the threshold its CUDA and CPU
+            results can differ; detkit's do not.)
 
     Returns:
         ``Tensor[K]`` int64 indices of the kept boxes, in decreasing order of score; ``[0]`` if

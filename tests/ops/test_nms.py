@@ -199,6 +199,51 @@ def test_nms_threshold_is_compared_like_torchvision():
     assert nms(b64, s64, 0.3).tolist() == torchvision.ops.nms(b64, s64, 0.3).tolist() == [0, 1]
 
 
+# Pairs (higher-scoring box first) whose IoU lies one float32 step from 0.5, where forming the union with a
+# fused multiply-add, fma(w_b, h_b, area_a), as torchvision 0.29's CUDA kernel does (its PTX for
+# nms_kernel_impl<float>), flips the decision that torchvision's CPU kernel makes: the first pair keeps
+# both boxes on CPU, the second suppresses the second box. Found by an exact float64 emulation of both.
+FMA_SENSITIVE_PAIRS = [
+    (
+        [[298.5043029785156, 198.66305541992188, 580.3245849609375, 474.62548828125],
+         [392.44439697265625, 198.66305541992188, 674.2646484375, 474.62548828125]],
+        [0, 1],
+    ),
+    (
+        [[256.5218811035156, 470.9579772949219, 440.6363525390625, 627.6708984375],
+         [317.89337158203125, 470.9579772949219, 502.0078125, 627.6708984375]],
+        [0],
+    ),
+]
+
+
+def _iou_decisions_plain_and_fused(boxes: torch.Tensor) -> tuple[bool, bool]:
+    """``IoU > 0.5`` of a float32 pair with each step rounded (CPU kernel) and with ``w_b * h_b + area_a`` fused."""
+    a, b = boxes.unbind(0)
+    inter = (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp(min=0) * (
+        torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])
+    ).clamp(min=0)
+    area_a, w_b, h_b = (a[2] - a[0]) * (a[3] - a[1]), b[2] - b[0], b[3] - b[1]
+    plain = (area_a + w_b * h_b) - inter
+    product = w_b.double() * h_b.double()  # exact: 24-bit times 24-bit significands
+    total = area_a.double() + product
+    assert total - area_a.double() == product  # the float64 sum is exact too, so one rounding to float32 follows
+    fused = total.float() - inter
+    return bool(inter / plain > 0.5), bool(inter / fused > 0.5)
+
+
+@pytest.mark.parametrize("pair, kept", FMA_SENSITIVE_PAIRS)
+def test_nms_decides_pairs_at_the_threshold_with_the_cpu_kernels_arithmetic(pair, kept, nms_path):
+    # detkit's arithmetic is torchvision's CPU kernel's, step for step, not a fused one (see also the CUDA test)
+    boxes = torch.tensor(pair)
+    plain, fused = _iou_decisions_plain_and_fused(boxes)
+    assert plain != fused and plain == (kept == [0])
+    scores = torch.tensor([0.9, 0.8])
+    assert nms(boxes, scores, 0.5).tolist() == torchvision.ops.nms(boxes, scores, 0.5).tolist() == kept
+    assert nms(boxes, torch.tensor([9, 8]), 0.5).tolist() == kept  # integer scores: the block engine
+    assert batched_nms(boxes, scores, torch.zeros(2, dtype=torch.int64), 0.5).tolist() == kept
+
+
 @pytest.mark.parametrize("value", [0.0, 0.3, 0.5, 1 / 3, 0.7, 1.0, -0.3, 1e-50, -1e-50, 1e300, -1e300, 3.4e38])
 def test_float32_floor_is_the_largest_float32_not_above_the_value(value):
     floor = nms_module._float32_floor(value)
@@ -483,6 +528,17 @@ def test_nms_on_cuda_matches_torchvision_around_the_cpu_crossover(kind, make_box
         scores = (torch.rand(n, generator=g) * 8).round()
         keep = nms(boxes.cuda(), scores.cuda(), 0.5).cpu()
         assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5)), (kind, n)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pair, kept", FMA_SENSITIVE_PAIRS)
+def test_nms_on_cuda_decides_pairs_at_the_threshold_as_on_cpu(pair, kept):
+    # torchvision's CUDA kernel fuses the union (see FMA_SENSITIVE_PAIRS); detkit keeps the CPU results on CUDA,
+    # so a change that hands CUDA inputs to that kernel as they are fails here
+    boxes, scores = torch.tensor(pair).cuda(), torch.tensor([0.9, 0.8]).cuda()
+    assert nms(boxes, scores, 0.5).tolist() == kept
+    assert batched_nms(boxes, scores, torch.zeros(2, dtype=torch.int64).cuda(), 0.5).tolist() == kept
 
 
 @pytest.mark.cuda
