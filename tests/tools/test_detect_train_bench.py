@@ -34,7 +34,7 @@ def test_runners_take_the_recipes_memory_format_and_optimiser(channels_last):
     assert _is_channels_last(theirs_set.model) == channels_last
     assert not _is_channels_last(runs["detkit"].model) and not _is_channels_last(runs["torchvision"].model)
     # the trainer's optimiser from the recipe's optim section; torchvision's copy gets the same class, fused alike
-    assert type(trained.optimizer) is type(theirs_set.optimizer) is torch.optim.AdamW
+    assert type(trained.optimizer) is type(theirs_set.optimizer) and isinstance(trained.optimizer, torch.optim.AdamW)
     assert max(group["lr"] for group in trained.optimizer.param_groups) == pytest.approx(recipe.optim.lr)
     assert bool(trained.optimizer.defaults.get("fused")) == bool(theirs_set.optimizer.defaults.get("fused"))
     assert not runs["detkit"].optimizer.defaults.get("fused") and not runs["torchvision"].optimizer.defaults.get("fused")
