@@ -12,7 +12,6 @@ Parameters, gradients and state come out as without the swap, bit for bit, shape
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +81,24 @@ class DenseStepMixin:
             _swap_out(self, swapped)  # type: ignore[arg-type]
 
 
-@functools.cache
+class SGD(DenseStepMixin, torch.optim.SGD):
+    """``torch.optim.SGD`` with :class:`DenseStepMixin`: its fused CPU step takes channels-last weights uncopied."""
+
+
+class Adam(DenseStepMixin, torch.optim.Adam):
+    """``torch.optim.Adam`` with :class:`DenseStepMixin`: its fused CPU step takes channels-last weights uncopied."""
+
+
+class AdamW(DenseStepMixin, torch.optim.AdamW):
+    """``torch.optim.AdamW`` with :class:`DenseStepMixin`: its fused CPU step takes channels-last weights uncopied."""
+
+
+# torch's optimisers with fused kernels -> the classes above (same names, subclasses: picklable, isinstance holds)
+DENSE_STEP_CLASSES: dict[type[torch.optim.Optimizer], type[torch.optim.Optimizer]] = {
+    torch.optim.SGD: SGD, torch.optim.Adam: Adam, torch.optim.AdamW: AdamW,
+}
+
+
 def with_dense_step(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
-    """``cls`` with :class:`DenseStepMixin` (same name; ``isinstance(opt, cls)`` holds)."""
-    return type(cls.__name__, (DenseStepMixin, cls), {"__module__": __name__, "__qualname__": cls.__qualname__})
+    """The class of :data:`DENSE_STEP_CLASSES` for ``cls``; ``cls`` itself for any other optimiser class."""
+    return DENSE_STEP_CLASSES.get(cls, cls)

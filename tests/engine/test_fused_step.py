@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -132,6 +133,7 @@ def test_build_optimizer_gives_fused_steps_on_dense_views(monkeypatch):
     model = create_classifier("timm:test_resnet", 3, weights="none").to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3))
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused")
+    assert type(pickle.loads(pickle.dumps(optimizer))) is type(optimizer)  # a module-level class: picklable
     seen = _spy(monkeypatch, "_fused_adamw_")
     optimizer.zero_grad()
     model(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)).sum().backward()
@@ -139,4 +141,5 @@ def test_build_optimizer_gives_fused_steps_on_dense_views(monkeypatch):
     layouts = [contiguous for call in seen for _, contiguous in call]
     assert layouts and all(layouts)  # every 4-d weight reached the kernel as a contiguous view
     weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
-    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights)
+    assert weights and all(
+        p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights)
