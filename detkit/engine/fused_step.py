@@ -3,7 +3,7 @@
 torch's fused CPU kernels (``fused=True`` SGD, Adam, AdamW) make every non-contiguous tensor they get
 contiguous, a copy in and out of each parameter, gradient and state tensor on every step. A channels-last
 model (``train.channels_last``) has its 4-d weights in exactly that layout: for resnet18_ssd the copies took
-two thirds of the AdamW step, 6-7 % of the whole training step on a 2-core CPU (docs/benchmarks.md). The
+two thirds of the AdamW step, 5-7 % of the whole training step on a 2-core CPU (docs/benchmarks.md). The
 update is element-wise, so it can run on any view that covers each tensor's memory once: during
 ``step()`` each such parameter, its gradient and its state tensors are swapped for their
 ``permute(0, 2, 3, 1)`` views (``[O, kh, kw, I]``, contiguous, the same memory), and swapped back after it.
