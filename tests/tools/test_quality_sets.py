@@ -14,7 +14,8 @@ pytest.importorskip("skimage")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from benchmarks import quality_sets  # noqa: E402
-from benchmarks.quality import _over_seeds, _verdict, help_offers_lr_auto  # noqa: E402
+from benchmarks.quality import RECIPE, _over_seeds, _verdict, help_offers_lr_auto, recipe_lr_at  # noqa: E402
+from detkit.config import load_config  # noqa: E402
 from detkit.data.classification import ImageFolderDataset  # noqa: E402
 from detkit.data.detection import load_coco_json, validate_coco  # noqa: E402
 from detkit.data.images import read_image  # noqa: E402
@@ -118,3 +119,10 @@ def test_rows_over_seeds_are_the_mean_with_each_seed_kept():
     assert merged["wall_s"] == 22.0 and merged["suggestion"] == [1e-3, 3e-3] and "best_epoch" not in merged
     assert _over_seeds([rows[0], {**rows[1], "value": None}], [0, 1])["value"] is None  # a failed seed: no mean
     assert _over_seeds(rows[:1], [0]) is rows[0]  # one seed: the row itself
+
+
+def test_recipe_lr_scales_linearly_with_the_budget_batch():
+    recipe = load_config(RECIPE)
+    assert recipe_lr_at(recipe.data.batch_size) == pytest.approx(recipe.optim.lr)
+    assert recipe_lr_at(recipe.data.batch_size // 2) == pytest.approx(recipe.optim.lr / 2)
+    assert recipe_lr_at(8) == pytest.approx(recipe.optim.lr * 8 / recipe.data.batch_size)

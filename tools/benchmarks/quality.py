@@ -200,7 +200,8 @@ def _detect_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool) 
     common = ["--data", str(root), "--weights", "none", "--epochs", str(budget.epochs),
               "--img-size", str(budget.img_size), "--batch-size", str(budget.batch_size)]
     flags = ["--task", "detect", "--model", "resnet18_ssd", *common]
-    recipe = ["--config", str(RECIPE), f"data.root={root}", "train.eval_every=1", *common]
+    recipe = ["--config", str(RECIPE), f"data.root={root}", "train.eval_every=1", *common,
+              f"optim.lr={recipe_lr_at(budget.batch_size):g}"]
     rows = [
         _finetune_row("detkit flags", flags, args.runs / name / "detkit_flags", args.threads, "val_map50"),
         _reference_row(f"torchvision SSD (SGD {args.tv_lr:g}, aug {args.tv_augment})",
@@ -211,6 +212,16 @@ def _detect_set(name: str, root: Path, args: argparse.Namespace, lr_auto: bool) 
                 _verdict(rows[0], rows[2], f"detkit within {RECIPE_TOLERANCE} of detkit's recipe", RECIPE_TOLERANCE)]
     return {"task": "detect", "metric": "best val mAP50", "budget": dataclasses.asdict(budget),
             "images": _counts(root), "rows": rows, "verdicts": verdicts}
+
+
+def recipe_lr_at(batch_size: int) -> float:
+    """The demo recipe's ``optim.lr`` scaled linearly to ``batch_size`` (its lr x batch_size / its batch): the
+    budget runs every implementation at one batch, and the recipe's rate belongs to its own batch (0.004 at 16
+    gives 0.002 at the budget's 8, the rate the recipe had at batch 8)."""
+    from detkit.config import load_config
+
+    recipe = load_config(RECIPE)
+    return recipe.optim.lr * batch_size / recipe.data.batch_size
 
 
 def _same_lr(a: float, b: float) -> bool:
