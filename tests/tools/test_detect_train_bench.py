@@ -49,7 +49,8 @@ def test_one_tiny_comparison_steps_every_runner_and_reports_the_three_ratios(tmp
     batches = detect_train._fixed_batches(root, 128, 2, count=1)
     images, targets = batches[0]
     assert images.shape == (2, 3, 128, 128) and len(targets) == 2
-    row = detect_train._compare(batches, 128, "layer2", threads=1, amp=False, repeats=1, warmup=0)
+    row = detect_train._compare(batches, 128, "layer2", threads=1, amp=False,
+                               recipe=load_config(detect_train.RECIPE), repeats=1, warmup=0)
     for name in ("detkit", "detkit as trained", "torchvision", "torchvision with the recipe's settings"):
         assert row[name]["images_per_s"] > 0 and len(row[name]["step_s"]) == 1
     assert row["ratio_as_trained"] == pytest.approx(row["detkit as trained"]["images_per_s"]

@@ -67,6 +67,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detkit.config import load_config
+
     if args.quick:
         args.cases, args.threads, args.repeats, args.images, args.data_steps = "128:layer2", "1", 2, 24, 2
         args.warmup = 1
@@ -77,13 +79,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, torchvision "
           f"{info['torchvision']}; load average {info['load_start']}")
     results: dict[str, Any] = {"machine": info, "batch_size": args.batch_size, "steps": [], "data": []}
+    recipe = load_config(RECIPE)  # once: every case times the same "as trained" settings
     with tempfile.TemporaryDirectory(prefix="detkit_bench_dettrain_") as tmp:
         root = _generate(Path(tmp) / "shapes", args.images)
         for size, level in cases:
             batches = _fixed_batches(root, size, args.batch_size, count=3)
             for n_threads in threads:
                 for amp in (False, True) if args.amp else (False,):
-                    row = _compare(batches, size, level, n_threads, amp, args.repeats, args.warmup)
+                    row = _compare(batches, size, level, n_threads, amp, recipe, args.repeats, args.warmup)
                     results["steps"].append(row)
         for size, level in cases:
             results["data"].append(_data_share(root, size, level, max(threads), args))
@@ -232,13 +235,10 @@ def _runners(size: int, level: str, recipe: Any) -> dict[str, Runner]:
     }
 
 
-def _compare(batches: list, size: int, level: str, threads: int, amp: bool, repeats: int, warmup: int = 4
-             ) -> dict[str, Any]:
-    """Median wall and CPU seconds per step of the :func:`_runners` (the recipe :data:`RECIPE`), steps interleaved
-    (the order rotating), after ``warmup`` steps each."""
-    from detkit.config import load_config
-
-    recipe = load_config(RECIPE)
+def _compare(batches: list, size: int, level: str, threads: int, amp: bool, recipe: Any, repeats: int,
+             warmup: int = 4) -> dict[str, Any]:
+    """Median wall and CPU seconds per step of the :func:`_runners` (``recipe``: :data:`RECIPE` loaded, an
+    ExperimentConfig), steps interleaved (the order rotating), after ``warmup`` steps each."""
     torch.set_num_threads(threads)
     runs = _runners(size, level, recipe)
     wall: dict[str, list[float]] = {name: [] for name in runs}
